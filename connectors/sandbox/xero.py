@@ -1,0 +1,951 @@
+"""A Xero Accounting API emulator (WSGI, werkzeug) serving a generated :class:`Book`.
+
+It answers as ``connectors/contracts/xero-accounting/xero_accounting.yaml`` describes,
+for the read side an AR sync needs:
+
+``POST /connect/token``
+    OAuth2 client credentials (client id/secret by HTTP Basic or in the form) →
+    ``access_token``, ``expires_in`` (default 1800), ``token_type: Bearer``.
+``GET /connections``
+    the tenant list a Xero custom connection sees.
+``GET /api.xro/2.0/{Contacts,Invoices,CreditNotes,Payments,Overpayments,Currencies}``
+    ``Authorization: Bearer <token>`` and ``xero-tenant-id`` required (401/403 in the
+    problem-details shape Xero uses otherwise, 401 for an expired token);
+    ``If-Modified-Since`` (HTTP-date or ISO 8601; records with UpdatedDateUTC ≥ it),
+    ``page``/``pageSize`` (default 100, max 1000; a ``pagination`` object as the spec
+    has it; without ``page`` everything is returned, as Xero does), ``where``
+    (``Field=="value"`` / ``!=`` clauses joined by ``AND``/``&&``), ``Statuses``,
+    ``includeArchived`` (Contacts), ``IDs``. Records are ordered by UpdatedDateUTC, then id.
+
+How the book maps onto Xero:
+
+* ids are ``uuid5`` of the book ids, so they are stable across runs;
+* Contacts: ``ContactNumber`` is the book number; Xero has no parent/child link between
+  contacts, so a subsidiary's parent goes in ``AccountNumber`` (the parent's
+  ContactNumber); the escalation contact is a ``ContactPersons`` entry, the billing
+  contact is the contact's own FirstName/LastName/EmailAddress; ``Addresses[].Country``
+  holds the ISO country code; inactive customers are ``ARCHIVED`` (only listed with
+  ``includeArchived=true``, as in Xero), deleted customers too;
+* Invoices (ACCREC): open → AUTHORISED, paid → PAID, voided → VOIDED, book-deleted →
+  DELETED (a minimal record: ids, number, type, status and the deletion time as
+  UpdatedDateUTC, because the book keeps nothing else of a deleted invoice);
+  ``CurrencyRate`` is Xero's convention, units of the invoice currency per one unit of
+  the organisation's base currency (USD), i.e. ``1 / book.exchange_rate`` to 6 places;
+* Payments: one Xero Payment per book application (``PaymentType`` ACCRECPAYMENT, with
+  its Invoice); a book payment applied to several invoices is a batch payment, so its
+  Xero payments share a ``BatchPaymentID``; the unapplied part of a book payment (an
+  overpayment) is a RECEIVE-OVERPAYMENT record under ``/Overpayments``;
+* CreditNotes (ACCRECCREDIT) carry their ``Allocations`` to invoices.
+
+Dates and datetimes are Microsoft JSON dates (``"/Date(1550793549320+0000)/"``); money
+is written as JSON numbers with the currency's minor units (JPY without decimals).
+
+Testing extensions (not Xero behaviour; they exist solely so the generic REST connector's
+other modes can be exercised against a real HTTP server): ``_paging=offset`` (``offset``/
+``limit``), ``_paging=cursor`` (``cursor``/``limit``, ``meta.next_cursor`` in the body),
+``_paging=next_link`` (``links.next`` in the body and a ``Link: <…>; rel="next"`` header);
+a ``modifiedAfter`` ISO query parameter as an alternative to ``If-Modified-Since``; and
+``credentials`` that enable HTTP Basic, an API-key header or static bearer tokens.
+
+For speed (a million invoices served in 1,000-record pages) the filtered, ordered list of
+record keys is snapshotted per (endpoint, since, filters) and dropped when the book
+changes, and each record's JSON text is cached per (id, modified, ...) key.
+
+This module imports nothing of the project but the book and the fault switches.
+"""
+from __future__ import annotations
+
+import base64
+import bisect
+import hashlib
+import json
+import math
+import re
+import secrets
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from decimal import ROUND_HALF_UP, Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from werkzeug.datastructures import MultiDict
+from werkzeug.wrappers import Request, Response
+
+from connectors.sandbox.book import BASE_CURRENCY, CURRENCIES, Book
+from connectors.sandbox.faults import Faults
+
+UTC = timezone.utc
+_NS = uuid.UUID("6f1c1f5e-3a7b-5d2e-9b0a-7c2a1e0d4b11")
+_NS_BYTES = _NS.bytes
+SANDBOX_CREDENTIALS = {
+    "client_id": "ARHUBSANDBOXCLIENT0000000000000",
+    "client_secret": "sandbox-secret-7f3b2c9d1e0a4b6c8d2e",
+    "tenant_id": str(uuid.uuid5(_NS, "tenant:arhub-sandbox")),
+}
+DEFAULT_EXPIRES_IN = 1800
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+PROVIDER = "arhub sandbox"
+TENANT_NAME = "arhub Sandbox Org"
+_SNAPSHOT_LIMIT = 32  # filtered id lists kept (oldest dropped first)
+_CACHE_LIMIT = 2_500_000  # rendered records kept (all endpoints); cleared wholesale beyond it
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EPOCH_DAY = date(1970, 1, 1)
+_MS = timedelta(milliseconds=1)
+_NUM = "\x00"  # marks a pre-formatted JSON number inside a string before the final text
+_CURRENCY_NAMES = {"USD": "United States Dollar", "EUR": "Euro", "GBP": "British Pound",
+                   "JPY": "Japanese Yen", "AUD": "Australian Dollar"}
+_RATE_PLACES = Decimal("0.000001")
+_QTY_PLACES = Decimal("0.0001")
+
+
+def xero_id(kind: str, *key: object) -> str:
+    """The stable Xero uuid of a book record: ``uuid5(namespace, "kind:key...")``.
+
+    Computed like :func:`uuid.uuid5`, without building a UUID object (it is hot).
+    """
+    digest = bytearray(hashlib.sha1(_NS_BYTES + ":".join([kind, *map(str, key)]).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def ms_date(day: date) -> str:
+    return f"/Date({(day - _EPOCH_DAY).days * 86_400_000}+0000)/"
+
+
+def ms_datetime(stamp: datetime) -> str:
+    return f"/Date({(stamp - _EPOCH) // _MS}+0000)/"
+
+
+def _num(text: str) -> str:
+    return _NUM + text
+
+
+_MONEY_FORMAT = {code: f".{spec[2]}f" for code, spec in CURRENCIES.items()}
+
+
+def money(amount: Decimal, currency: str) -> str:
+    """A money amount with the currency's minor units (book amounts are already quantized)."""
+    return _NUM + format(amount, _MONEY_FORMAT.get(currency, ".2f"))
+
+
+def _plain(value: Decimal) -> str:
+    text = format(value.normalize(), "f")
+    return text if "." in text else text + ".0"
+
+
+_RATES: dict[Decimal, str] = {}
+
+
+def xero_rate(book_rate: Decimal) -> str:
+    """Xero's CurrencyRate: invoice-currency units per one base-currency unit (6 places)."""
+    text = _RATES.get(book_rate)
+    if text is None:
+        if book_rate == 0:
+            text = _NUM + "1.0"
+        else:
+            text = _NUM + _plain((Decimal(1) / book_rate).quantize(_RATE_PLACES, rounding=ROUND_HALF_UP))
+        if len(_RATES) < 100_000:
+            _RATES[book_rate] = text
+    return text
+
+
+def _dumps(obj: Any) -> str:
+    """JSON text of a record, with the marked number strings turned into JSON numbers."""
+    parts = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).split('"\\u0000')
+    for n in range(1, len(parts)):
+        part = parts[n]
+        end = part.index('"')
+        parts[n] = part[:end] + part[end + 1:]
+    return "".join(parts)
+
+
+def parse_since(value: str | None) -> datetime | None:
+    """An If-Modified-Since value (HTTP-date or ISO 8601) as an aware UTC datetime."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            stamp = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            raise _Problem(400, _error(16, "QueryParseException", f"Cannot parse date: {value}")) from None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.astimezone(UTC)
+
+
+def _error(number: int, kind: str, message: str) -> dict:
+    return {"ErrorNumber": number, "Type": kind, "Message": message}
+
+
+def _problem(status: int, title: str, detail: str) -> dict:
+    return {"Type": None, "Title": title, "Status": status, "Detail": detail,
+            "Instance": str(uuid.uuid4()), "Extensions": {}}
+
+
+class _Problem(Exception):
+    def __init__(self, status: int, body: dict, headers: dict | None = None):
+        super().__init__(status)
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+# ------------------------------------------------------------------------------- filters
+_CLAUSE = re.compile(r'^\s*([A-Za-z][A-Za-z0-9.]*)\s*(==|!=)\s*(?:"([^"]*)"|(true|false)|(-?[0-9.]+)'
+                     r'|Guid\("([^"]*)"\))\s*$', re.IGNORECASE)
+_AND = re.compile(r"\s+AND\s+|\s*&&\s*", re.IGNORECASE)
+
+
+def parse_where(where: str | None) -> tuple[tuple[str, str, str], ...]:
+    """``Type=="ACCREC" AND Status!="VOIDED"`` → ((field, op, value), ...)."""
+    if not where or not where.strip():
+        return ()
+    clauses = []
+    for part in _AND.split(where.strip()):
+        m = _CLAUSE.match(part)
+        if not m:
+            raise _Problem(400, _error(16, "QueryParseException", f"Unsupported where clause: {part}"))
+        field, op = m.group(1), m.group(2)
+        value = next(g for g in m.groups()[2:] if g is not None)
+        clauses.append((field, op, value))
+    return tuple(clauses)
+
+
+def _lookup(record: dict, dotted: str) -> Any:
+    value: Any = record
+    for part in dotted.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str) and value.startswith(_NUM):
+        return value[1:]
+    return "" if value is None else str(value)
+
+
+# ------------------------------------------------------------------------------ endpoints
+@dataclass(frozen=True)
+class _Endpoint:
+    name: str              # collection name: URL segment and response key
+    kinds: tuple[str, ...]  # book kinds whose changes invalidate its snapshots
+    paged: bool = True
+    archived_param: bool = False
+
+
+_ENDPOINTS = {e.name: e for e in (
+    _Endpoint("Contacts", ("customer",), archived_param=True),
+    _Endpoint("Invoices", ("invoice", "customer", "payment", "credit_memo")),
+    _Endpoint("CreditNotes", ("credit_memo", "customer", "invoice")),
+    _Endpoint("Payments", ("payment", "customer", "invoice")),
+    _Endpoint("Overpayments", ("payment", "customer")),
+    _Endpoint("Currencies", (), paged=False),
+)}
+
+
+class XeroApp:
+    """The WSGI application. One instance serves one book (one Xero organisation)."""
+
+    def __init__(self, book: Book, *, faults: Faults | None = None, credentials: dict | None = None):
+        self.book = book
+        self.faults = faults if faults is not None else Faults()
+        creds = dict(SANDBOX_CREDENTIALS)
+        creds.update(credentials or {})
+        self.client_id = creds["client_id"]
+        self.client_secret = creds["client_secret"]
+        self.tenant_id = creds["tenant_id"]
+        self.expires_in = int(creds.get("expires_in", DEFAULT_EXPIRES_IN))
+        self.basic = creds.get("basic")          # {"username": ..., "password": ...}
+        self.api_key = creds.get("api_key")      # {"header": "X-Api-Key", "key": ...}
+        self.static_tokens = frozenset(creds.get("tokens", ()))
+        self._tokens: dict[str, float] = {}      # access token -> expiry (time.time())
+        self._lock = threading.Lock()
+        self._versions: dict[str, object] = {}
+        self._deleted_count = -1
+        self._snapshots: dict[tuple, list] = {}
+        self._cache: dict[tuple, str] = {}
+        self._rev: dict[int, list[tuple[str, int, int]]] | None = None
+        self._deleted_numbers: dict[tuple[str, int], str] = {}
+        self._contact_ids: dict[int, str] = {}
+        self.tokens_issued = 0
+
+    # ----------------------------------------------------------------------- WSGI
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        try:
+            response = self.dispatch(request)
+        except _Problem as problem:
+            response = self._json(problem.body, problem.status, problem.headers)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        fault = self.faults.take(request.script_root + request.path)
+        if fault is not None and fault.delay:
+            time.sleep(fault.delay)
+        if fault is not None and fault.status:
+            raise self._fault_problem(fault)
+        path = request.path.rstrip("/")
+        if path == "/connect/token":
+            if request.method != "POST":
+                raise _Problem(405, {"error": "invalid_request"})
+            return self._token(request)
+        if path == "/connections" and request.method == "GET":
+            self._authorize(request, tenant=False)
+            return self._json([{"id": xero_id("connection", self.tenant_id), "tenantId": self.tenant_id,
+                                "tenantType": "ORGANISATION", "tenantName": TENANT_NAME,
+                                "createdDateUtc": "2024-01-01T00:00:00.0000000",
+                                "updatedDateUtc": "2024-01-01T00:00:00.0000000"}])
+        prefix = "/api.xro/2.0/"
+        if path.startswith(prefix):
+            endpoint = _ENDPOINTS.get(path[len(prefix):])
+            if endpoint is None:
+                raise _Problem(404, _error(404, "NotFoundException", "The resource you're looking for cannot be found"))
+            if request.method != "GET":
+                raise _Problem(405, _error(405, "MethodNotAllowedException", "Only GET is emulated"))
+            self._authorize(request, tenant=True)
+            return self._collection(request, endpoint, fault.body if fault is not None else None)
+        raise _Problem(404, _error(404, "NotFoundException", "The resource you're looking for cannot be found"))
+
+    @staticmethod
+    def _json(body: Any, status: int = 200, headers: dict | None = None) -> Response:
+        text = body if isinstance(body, str) else json.dumps(body, ensure_ascii=False)
+        return Response(text, status=status, headers=headers, content_type="application/json; charset=utf-8")
+
+    @staticmethod
+    def _fault_problem(fault) -> _Problem:
+        status = fault.status
+        headers = {}
+        if fault.retry_after is not None or status == 429:
+            headers["Retry-After"] = str(fault.retry_after if fault.retry_after is not None else 1)
+        if status == 429:
+            headers["X-Rate-Limit-Problem"] = "minute"
+            return _Problem(429, _problem(429, "Too Many Requests", "Rate limit exceeded"), headers)
+        if status == 401:
+            return _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"), headers)
+        if status == 403:
+            return _Problem(403, _problem(403, "Forbidden", "AuthenticationUnsuccessful"), headers)
+        if status == 503:
+            return _Problem(503, _error(503, "ServiceUnavailableException",
+                                        "The Xero API is temporarily unavailable"), headers)
+        return _Problem(status, _error(status, "InternalServerErrorException", "An error occurred in Xero"), headers)
+
+    # ----------------------------------------------------------------------- auth
+    def _token(self, request: Request) -> Response:
+        form = request.form
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        if request.authorization is not None and request.authorization.type == "basic":
+            client_id = request.authorization.username
+            client_secret = request.authorization.password
+        if form.get("grant_type") != "client_credentials":
+            raise _Problem(400, {"error": "unsupported_grant_type"})
+        if not (client_id and client_secret
+                and secrets.compare_digest(client_id, self.client_id)
+                and secrets.compare_digest(client_secret, self.client_secret)):
+            raise _Problem(400, {"error": "invalid_client"})
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            now = time.time()
+            self._tokens = {t: exp for t, exp in self._tokens.items() if exp > now - 3600}
+            self._tokens[token] = now + self.expires_in
+            self.tokens_issued += 1
+        return self._json({"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer",
+                           "scope": form.get("scope") or "accounting.transactions.read accounting.contacts.read"})
+
+    def _authorize(self, request: Request, *, tenant: bool) -> None:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, value = auth.partition(" ")
+        if self.api_key and request.headers.get(self.api_key["header"]) is not None:
+            if secrets.compare_digest(request.headers[self.api_key["header"]], self.api_key["key"]):
+                return
+            raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"))
+        if scheme.lower() == "basic" and self.basic and request.authorization is not None:
+            if (secrets.compare_digest(request.authorization.username or "", self.basic["username"])
+                    and secrets.compare_digest(request.authorization.password or "", self.basic["password"])):
+                return
+            raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"))
+        if scheme.lower() != "bearer" or not value:
+            raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"),
+                           {"WWW-Authenticate": 'Bearer realm="xero"'})
+        if value not in self.static_tokens:
+            with self._lock:
+                expiry = self._tokens.get(value)
+            if expiry is None:
+                raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"),
+                               {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            if expiry <= time.time():
+                at = datetime.fromtimestamp(expiry, UTC).strftime("%m/%d/%Y %H:%M:%S")
+                raise _Problem(401, _problem(401, "Unauthorized", f"TokenExpired: token expired at {at}"),
+                               {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="The token expired"'})
+        if tenant and request.headers.get("xero-tenant-id", "").strip().lower() != self.tenant_id:
+            raise _Problem(403, _problem(403, "Forbidden", "AuthenticationUnsuccessful"))
+
+    # ------------------------------------------------------------------ versions
+    def _sync_versions(self) -> None:
+        """Drop snapshots and reverse indexes when the book has changed since last time.
+
+        ``Book`` marks a kind as changed by dropping its modified-index; we keep a
+        reference to each index object we saw, so a rebuilt one tells us the kind changed.
+        """
+        book = self.book
+        far = datetime.max.replace(tzinfo=UTC)
+        with book.lock:
+            changed = set()
+            for kind in ("customer", "invoice", "credit_memo", "payment"):
+                book.changed_since(kind, far)
+                index = book._modified_index[kind]  # noqa: SLF001 (read-only change detection)
+                if self._versions.get(kind) is not index:
+                    self._versions[kind] = index
+                    changed.add(kind)
+            deleted = len(book.deleted)
+            if deleted != self._deleted_count:
+                self._deleted_count = deleted
+                changed.update({d.kind for d in book.deleted} or {"invoice"})
+                self._deleted_numbers = {(d.kind, d.id): d.number for d in book.deleted}
+        if changed:
+            with self._lock:
+                self._snapshots = {k: v for k, v in self._snapshots.items()
+                                   if not changed.intersection(_ENDPOINTS[k[0]].kinds)}
+                if changed & {"payment", "credit_memo"}:
+                    self._rev = None
+
+    def _applications(self) -> dict[int, list[tuple[str, int, int]]]:
+        """invoice id -> [("p"|"c", payment/credit memo id, application index)]."""
+        rev = self._rev
+        if rev is None:
+            rev = {}
+            with self.book.lock:
+                for pid, pay in self.book.payments.items():
+                    for n, app in enumerate(pay.applications):
+                        rev.setdefault(app.invoice_id, []).append(("p", pid, n))
+                for mid, memo in self.book.credit_memos.items():
+                    for n, app in enumerate(memo.applications):
+                        rev.setdefault(app.invoice_id, []).append(("c", mid, n))
+            self._rev = rev
+        return rev
+
+    # ------------------------------------------------------------------ listing
+    def _collection(self, request: Request, endpoint: _Endpoint, body_fault: str | None) -> Response:
+        args = request.args
+        if endpoint.name == "Currencies":
+            records = [{"Code": code, "Description": _CURRENCY_NAMES.get(code, code)} for code in CURRENCIES]
+            clauses = parse_where(args.get("where"))
+            records = [r for r in records if self._match(r, clauses)]
+            return self._page_response(request, endpoint, [_dumps(r) for r in records], None, {}, body_fault)
+
+        since = parse_since(request.headers.get("If-Modified-Since") or args.get("modifiedAfter"))
+        clauses = parse_where(args.get("where"))
+        statuses = frozenset(s.strip().upper() for s in args.get("Statuses", "").split(",") if s.strip())
+        ids = frozenset(s.strip().lower() for s in args.get("IDs", "").split(",") if s.strip())
+        archived = args.get("includeArchived", "").lower() == "true"
+        self._sync_versions()
+        key = (endpoint.name, since, clauses, statuses, ids, archived)
+        with self._lock:
+            entries = self._snapshots.get(key)
+        if entries is None:
+            entries = self._build_snapshot(endpoint, since, clauses, statuses, ids, archived)
+            with self._lock:
+                while len(self._snapshots) >= _SNAPSHOT_LIMIT:
+                    self._snapshots.pop(next(iter(self._snapshots)))
+                self._snapshots[key] = entries
+
+        paging = args.get("_paging", "page")
+        size = self._int(args.get("pageSize") or args.get("limit"), DEFAULT_PAGE_SIZE)
+        size = max(1, min(size, MAX_PAGE_SIZE))
+        extra: dict[str, Any] = {}
+        headers: dict[str, str] = {}
+        pagination = None
+        if paging == "offset":
+            start = max(self._int(args.get("offset"), 0), 0)
+            chunk = entries[start:start + size]
+        elif paging == "cursor":
+            cursor = args.get("cursor")
+            start = self._decode_cursor(cursor) if cursor else 0
+            chunk = entries[start:start + size]
+            nxt = start + size
+            extra["meta"] = {"next_cursor": self._encode_cursor(nxt) if nxt < len(entries) else None}
+        elif paging in ("page", "next_link"):
+            if "page" not in args and paging == "page":
+                chunk = entries
+            else:
+                page = max(self._int(args.get("page"), 1), 1)
+                chunk = entries[(page - 1) * size: page * size]
+                pagination = {"page": page, "pageSize": size, "pageCount": math.ceil(len(entries) / size),
+                              "itemCount": len(entries)}
+                if paging == "next_link":
+                    following = None
+                    if page * size < len(entries):
+                        query = MultiDict(args)
+                        query["page"] = str(page + 1)
+                        following = f"{request.host_url.rstrip('/')}{request.script_root}{request.path}?{urlencode(list(query.items(multi=True)))}"
+                        headers["Link"] = f'<{following}>; rel="next"'
+                    extra["links"] = {"next": following}
+        else:
+            raise _Problem(400, _error(16, "QueryParseException", f"Unknown _paging: {paging}"))
+        fragments = self._render(endpoint, chunk)
+        if not endpoint.paged:
+            pagination = None
+        return self._page_response(request, endpoint, fragments, pagination, extra, body_fault, headers)
+
+    @staticmethod
+    def _int(value: str | None, default: int) -> int:
+        if value in (None, ""):
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise _Problem(400, _error(16, "QueryParseException", f"Not an integer: {value}")) from None
+
+    @staticmethod
+    def _encode_cursor(position: int) -> str:
+        return base64.urlsafe_b64encode(f"pos:{position}".encode()).decode().rstrip("=")
+
+    @staticmethod
+    def _decode_cursor(cursor: str) -> int:
+        try:
+            text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            return int(text.removeprefix("pos:"))
+        except (ValueError, UnicodeDecodeError):
+            raise _Problem(400, _error(16, "QueryParseException", "Bad cursor")) from None
+
+    def _page_response(self, request: Request, endpoint: _Endpoint, fragments: list[str], pagination: dict | None,
+                       extra: dict, body_fault: str | None, headers: dict | None = None) -> Response:
+        if body_fault == "duplicate" and fragments:
+            fragments = [fragments[0], *fragments]
+        elif body_fault == "vanish" and fragments:
+            fragments = fragments[:len(fragments) // 2] + fragments[len(fragments) // 2 + 1:]
+        envelope: dict[str, Any] = {"Id": str(uuid.uuid4()), "Status": "OK", "ProviderName": PROVIDER,
+                                    "DateTimeUTC": f"/Date({(datetime.now(UTC) - _EPOCH) // _MS})/"}
+        if pagination is not None:
+            envelope["pagination"] = pagination
+        envelope.update(extra)
+        head = json.dumps(envelope, separators=(",", ":"))[:-1]
+        text = f'{head},"{endpoint.name}":[{",".join(fragments)}]}}'
+        if body_fault == "malformed":
+            text = text[: max(len(text) // 2, 1)]
+        return self._json(text, 200, headers)
+
+    # --------------------------------------------------------------- snapshots
+    def _build_snapshot(self, endpoint: _Endpoint, since, clauses, statuses, ids, archived) -> list:
+        """The ordered keys of the records an endpoint lists for these filters.
+
+        Keys: ``int`` book id for live records, ``-id`` for deleted ones (rendered as
+        DELETED/ARCHIVED), ``(payment id, application index)`` for Payments.
+        """
+        book = self.book
+        name = endpoint.name
+        kind = {"Contacts": "customer", "Invoices": "invoice", "CreditNotes": "credit_memo",
+                "Payments": "payment", "Overpayments": "payment"}[name]
+        with book.lock:
+            live = book.changed_since(kind, since)
+            records = book.records(kind)
+            deleted = [d for d in book.deleted_since(kind, since) if name != "Overpayments"]
+            if name == "Contacts" and not archived:
+                live = [i for i in live if not records[i].inactive]
+                deleted = []
+            elif name == "Overpayments":
+                live = [i for i in live if records[i].unapplied > 0]
+            if deleted:
+                deleted.sort(key=lambda d: (d.deleted_at, d.id))
+                merged, prev = [], 0
+                keyf = lambda i: (records[i].modified, i)  # noqa: E731
+                for d in deleted:
+                    pos = bisect.bisect_left(live, (d.deleted_at, d.id), lo=prev, key=keyf)
+                    merged.extend(live[prev:pos])
+                    merged.append(-d.id)
+                    prev = pos
+                merged.extend(live[prev:])
+                live = merged
+            if name == "Payments":
+                expanded: list = []
+                for i in live:
+                    if i < 0:
+                        expanded.append((i, 0))
+                    else:
+                        expanded.extend((i, n) for n in range(len(records[i].applications)))
+                live = expanded
+        if not (clauses or statuses or ids):
+            return live
+        fast = self._fast_fields(name)
+        checks: list[Callable[[Any], bool]] = []
+        slow: list[tuple[str, str, str]] = []
+        for field, op, value in clauses:
+            getter = fast.get(field)
+            if getter is None:
+                slow.append((field, op, value))
+                continue
+            if op == "==":
+                checks.append(lambda k, g=getter, v=value: g(k) == v)
+            else:
+                checks.append(lambda k, g=getter, v=value: g(k) != v)
+        if statuses:
+            status_of = fast["Status"] if "Status" in fast else fast.get("ContactStatus")
+            checks.append(lambda k: status_of(k) in statuses)
+        if ids:
+            id_of = fast["_id"]
+            checks.append(lambda k: id_of(k) in ids)
+        # constant clauses (e.g. Type=="ACCREC" on the Invoices endpoint) are dropped early
+        result = []
+        with book.lock:
+            for k in live:
+                if all(check(k) for check in checks) and (not slow or self._match(self._record(name, k), slow)):
+                    result.append(k)
+        return result
+
+    def _fast_fields(self, name: str) -> dict[str, Callable[[Any], str]]:
+        book = self.book
+        if name == "Invoices":
+            return {"Type": lambda k: "ACCREC", "Status": lambda k: self._invoice_status(k),
+                    "InvoiceNumber": lambda k: book.invoices[k].number if k > 0 else self._deleted_numbers.get(("invoice", -k), ""),
+                    "CurrencyCode": lambda k: book.invoices[k].currency if k > 0 else "",
+                    "Contact.ContactID": lambda k: xero_id("customer", book.invoices[k].customer_id) if k > 0 else "",
+                    "_id": lambda k: xero_id("invoice", abs(k))}
+        if name == "CreditNotes":
+            return {"Type": lambda k: "ACCRECCREDIT", "Status": lambda k: self._memo_status(k),
+                    "_id": lambda k: xero_id("credit_memo", abs(k))}
+        if name == "Contacts":
+            return {"ContactStatus": lambda k: "ARCHIVED" if k < 0 or book.customers[k].inactive else "ACTIVE",
+                    "ContactNumber": lambda k: book.customers[k].number if k > 0 else self._deleted_numbers.get(("customer", -k), ""),
+                    "IsCustomer": lambda k: "true",
+                    "_id": lambda k: xero_id("customer", abs(k))}
+        if name == "Payments":
+            return {"PaymentType": lambda k: "ACCRECPAYMENT",
+                    "Status": lambda k: "DELETED" if k[0] < 0 else "AUTHORISED",
+                    "_id": lambda k: xero_id("payment", abs(k[0]), k[1])}
+        if name == "Overpayments":
+            return {"Type": lambda k: "RECEIVE-OVERPAYMENT", "Status": lambda k: "AUTHORISED",
+                    "_id": lambda k: xero_id("overpayment", k)}
+        return {}
+
+    def _invoice_status(self, key: int) -> str:
+        if key < 0:
+            return "DELETED"
+        return {"open": "AUTHORISED", "paid": "PAID", "voided": "VOIDED"}[self.book.invoices[key].status]
+
+    def _memo_status(self, key: int) -> str:
+        if key < 0:
+            return "DELETED"
+        return "PAID" if self.book.credit_memos[key].unapplied <= 0 else "AUTHORISED"
+
+    @staticmethod
+    def _match(record: dict, clauses) -> bool:
+        for field, op, value in clauses:
+            actual = _as_text(_lookup(record, field))
+            if (actual.lower() == value.lower() if value.lower() in ("true", "false") else actual == value) != (op == "=="):
+                return False
+        return True
+
+    # ---------------------------------------------------------------- rendering
+    def _render(self, endpoint: _Endpoint, keys: list) -> list[str]:
+        name = endpoint.name
+        book = self.book
+        out = []
+        cache = self._cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        with book.lock:
+            if name == "Invoices":
+                rev = self._applications()
+            for k in keys:
+                if name == "Invoices":
+                    if k > 0:
+                        inv = book.invoices[k]
+                        ck = ("I", k, inv.modified, len(rev.get(k, ())), book.customers[inv.customer_id].name
+                              if inv.customer_id in book.customers else "")
+                    else:
+                        ck = ("I", k)
+                elif name == "Contacts":
+                    ck = ("C", k, book.customers[k].modified) if k > 0 else ("C", k)
+                elif name == "CreditNotes":
+                    if k > 0:
+                        memo = book.credit_memos[k]
+                        ck = ("N", k, memo.modified, self._customer_name(memo.customer_id))
+                    else:
+                        ck = ("N", k)
+                elif name == "Payments":
+                    if k[0] > 0:
+                        pay = book.payments[k[0]]
+                        ck = ("P", k, pay.modified, self._customer_name(pay.customer_id))
+                    else:
+                        ck = ("P", k)
+                else:  # Overpayments
+                    pay = book.payments[k]
+                    ck = ("O", k, pay.modified, pay.amount, self._customer_name(pay.customer_id))
+                text = cache.get(ck)
+                if text is None:
+                    text = _dumps(self._record(name, k))
+                    cache[ck] = text
+                out.append(text)
+        return out
+
+    def _customer_name(self, customer_id: int) -> str:
+        cust = self.book.customers.get(customer_id)
+        return cust.name if cust is not None else ""
+
+    def _contact_ref(self, customer_id: int) -> dict:
+        contact_id = self._contact_ids.get(customer_id)
+        if contact_id is None:
+            contact_id = self._contact_ids[customer_id] = xero_id("customer", customer_id)
+        ref = {"ContactID": contact_id}
+        cust = self.book.customers.get(customer_id)
+        if cust is not None:
+            ref["Name"] = cust.name
+        return ref
+
+    def _record(self, name: str, key) -> dict:
+        return {"Invoices": self._invoice, "Contacts": self._contact, "CreditNotes": self._credit_note,
+                "Payments": self._payment, "Overpayments": self._overpayment}[name](key)
+
+    def _contact(self, key: int) -> dict:
+        book = self.book
+        if key < 0:
+            stamp = next((d.deleted_at for d in book.deleted if d.kind == "customer" and d.id == -key), _EPOCH)
+            return {"ContactID": xero_id("customer", -key), "ContactNumber": self._deleted_numbers.get(("customer", -key), ""),
+                    "ContactStatus": "ARCHIVED", "UpdatedDateUTC": ms_datetime(stamp)}
+        c = book.customers[key]
+        billing = next((p for p in c.contacts if p.role == "billing"), None)
+        record: dict[str, Any] = {
+            "ContactID": xero_id("customer", c.id),
+            "ContactNumber": c.number,
+            "ContactStatus": "ARCHIVED" if c.inactive else "ACTIVE",
+            "Name": c.name,
+        }
+        if c.parent_id is not None:
+            parent = book.customers.get(c.parent_id)
+            record["AccountNumber"] = parent.number if parent is not None else f"CUST-{c.parent_id:06d}"
+        if billing is not None:
+            first, _, last = billing.name.partition(" ")
+            record.update({"FirstName": first, "LastName": last})
+        record["EmailAddress"] = c.email
+        record["ContactPersons"] = [
+            {"FirstName": p.name.partition(" ")[0], "LastName": p.name.partition(" ")[2],
+             "EmailAddress": p.email, "IncludeInEmails": False}
+            for p in c.contacts if p.role == "escalation"]
+        record.update({
+            "BankAccountDetails": "",
+            "Addresses": [{"AddressType": "POBOX", "Country": c.country},
+                          {"AddressType": "STREET", "Country": c.country}],
+            "Phones": [{"PhoneType": "DEFAULT", "PhoneNumber": billing.phone if billing else ""}],
+            "UpdatedDateUTC": ms_datetime(c.modified),
+            "ContactGroups": [],
+            "IsSupplier": False,
+            "IsCustomer": True,
+            "DefaultCurrency": c.currency,
+            "PaymentTerms": {"Sales": {"Day": c.terms_days, "Type": "DAYSAFTERBILLDATE"}},
+            "SalesTrackingCategories": [],
+            "PurchasesTrackingCategories": [],
+            "HasAttachments": False,
+            "HasValidationErrors": False,
+        })
+        return record
+
+    def _invoice(self, key: int) -> dict:
+        book = self.book
+        if key < 0:
+            stamp = next((d.deleted_at for d in book.deleted if d.kind == "invoice" and d.id == -key), _EPOCH)
+            return {"Type": "ACCREC", "InvoiceID": xero_id("invoice", -key),
+                    "InvoiceNumber": self._deleted_numbers.get(("invoice", -key), ""),
+                    "Status": "DELETED", "UpdatedDateUTC": ms_datetime(stamp)}
+        inv = book.invoices[key]
+        cur = inv.currency
+        payments, credits, last_paid = [], [], None
+        for src, rid, n in self._applications().get(inv.id, ()):
+            if src == "p":
+                pay = book.payments.get(rid)
+                if pay is None:
+                    continue
+                app = pay.applications[n]
+                payments.append({"PaymentID": xero_id("payment", rid, n), "Date": ms_date(app.date),
+                                 "Amount": money(app.amount, cur), "Reference": pay.reference,
+                                 "CurrencyRate": xero_rate(pay.exchange_rate), "HasAccount": False,
+                                 "HasValidationErrors": False})
+            else:
+                memo = book.credit_memos.get(rid)
+                if memo is None:
+                    continue
+                app = memo.applications[n]
+                credits.append({"CreditNoteID": xero_id("credit_memo", rid), "CreditNoteNumber": memo.number,
+                                "ID": xero_id("credit_memo", rid), "Date": ms_date(app.date),
+                                "Total": money(memo.total, cur), "AppliedAmount": money(app.amount, cur),
+                                "HasAttachments": False, "HasErrors": False})
+            last_paid = app.date if last_paid is None else max(last_paid, app.date)
+        status = {"open": "AUTHORISED", "paid": "PAID", "voided": "VOIDED"}[inv.status]
+        record: dict[str, Any] = {
+            "Type": "ACCREC",
+            "InvoiceID": xero_id("invoice", inv.id),
+            "InvoiceNumber": inv.number,
+            "Reference": inv.po_number,
+            "Payments": payments,
+            "CreditNotes": credits,
+            "Prepayments": [],
+            "Overpayments": [],
+            "AmountDue": money(inv.amount_due, cur),
+            "AmountPaid": money(inv.amount_paid, cur),
+            "AmountCredited": money(inv.amount_credited, cur),
+            "SentToContact": inv.sent_date is not None,
+            "CurrencyRate": xero_rate(inv.exchange_rate),
+            "IsDiscounted": False,
+            "HasAttachments": False,
+            "HasErrors": False,
+            "Contact": self._contact_ref(inv.customer_id),
+            "DateString": f"{inv.issue_date.isoformat()}T00:00:00",
+            "Date": ms_date(inv.issue_date),
+            "DueDateString": f"{inv.due_date.isoformat()}T00:00:00",
+            "DueDate": ms_date(inv.due_date),
+            "Status": status,
+            "LineAmountTypes": "Exclusive",
+            "LineItems": [{"Description": ln.description, "UnitAmount": money(ln.unit_price, cur),
+                           "TaxType": "NONE", "TaxAmount": money(Decimal(0), cur),
+                           "LineAmount": money(ln.amount, cur), "AccountCode": "200",
+                           "Quantity": _num(format(ln.quantity.quantize(_QTY_PLACES), "f")),
+                           "LineItemID": xero_id("line", inv.id, n)}
+                          for n, ln in enumerate(inv.lines)],
+            "SubTotal": money(inv.total, cur),
+            "TotalTax": money(Decimal(0), cur),
+            "Total": money(inv.total, cur),
+            "UpdatedDateUTC": ms_datetime(inv.modified),
+            "CurrencyCode": cur,
+        }
+        if status == "PAID" and last_paid is not None:
+            record["FullyPaidOnDate"] = ms_date(last_paid)
+        return record
+
+    def _credit_note(self, key: int) -> dict:
+        book = self.book
+        if key < 0:
+            stamp = next((d.deleted_at for d in book.deleted if d.kind == "credit_memo" and d.id == -key), _EPOCH)
+            return {"CreditNoteID": xero_id("credit_memo", -key), "Type": "ACCRECCREDIT",
+                    "CreditNoteNumber": self._deleted_numbers.get(("credit_memo", -key), ""),
+                    "Status": "DELETED", "UpdatedDateUTC": ms_datetime(stamp)}
+        memo = book.credit_memos[key]
+        cur = memo.currency
+        allocations = []
+        for n, app in enumerate(memo.applications):
+            inv = book.invoices.get(app.invoice_id)
+            number = inv.number if inv is not None else self._deleted_numbers.get(("invoice", app.invoice_id), "")
+            allocations.append({"AllocationID": xero_id("allocation", memo.id, n), "Amount": money(app.amount, cur),
+                                "Date": ms_date(app.date), "IsDeleted": False,
+                                "Invoice": {"InvoiceID": xero_id("invoice", app.invoice_id), "InvoiceNumber": number,
+                                            "Type": "ACCREC"}})
+        remaining = memo.unapplied
+        record: dict[str, Any] = {
+            "CreditNoteID": xero_id("credit_memo", memo.id),
+            "CreditNoteNumber": memo.number,
+            "ID": xero_id("credit_memo", memo.id),
+            "Type": "ACCRECCREDIT",
+            "Reference": memo.reason,
+            "Contact": self._contact_ref(memo.customer_id),
+            "DateString": f"{memo.date.isoformat()}T00:00:00",
+            "Date": ms_date(memo.date),
+            "Status": "PAID" if remaining <= 0 else "AUTHORISED",
+            "LineAmountTypes": "Exclusive",
+            "LineItems": [{"Description": memo.reason, "Quantity": _num("1.0000"),
+                           "UnitAmount": money(memo.total, cur), "LineAmount": money(memo.total, cur),
+                           "TaxType": "NONE", "TaxAmount": money(Decimal(0), cur), "AccountCode": "200",
+                           "LineItemID": xero_id("credit_line", memo.id)}],
+            "SubTotal": money(memo.total, cur),
+            "TotalTax": money(Decimal(0), cur),
+            "Total": money(memo.total, cur),
+            "UpdatedDateUTC": ms_datetime(memo.modified),
+            "CurrencyCode": cur,
+            "CurrencyRate": xero_rate(memo.exchange_rate),
+            "RemainingCredit": money(max(remaining, Decimal(0)), cur),
+            "AppliedAmount": money(memo.total - remaining, cur),
+            "Allocations": allocations,
+            "Payments": [],
+            "HasAttachments": False,
+            "HasErrors": False,
+        }
+        if remaining <= 0 and memo.applications:
+            record["FullyPaidOnDate"] = ms_date(max(a.date for a in memo.applications))
+        return record
+
+    def _payment(self, key: tuple[int, int]) -> dict:
+        book = self.book
+        pid, n = key
+        if pid < 0:
+            stamp = next((d.deleted_at for d in book.deleted if d.kind == "payment" and d.id == -pid), _EPOCH)
+            return {"PaymentID": xero_id("payment", -pid, 0), "PaymentType": "ACCRECPAYMENT",
+                    "Status": "DELETED", "Reference": "", "UpdatedDateUTC": ms_datetime(stamp)}
+        pay = book.payments[pid]
+        app = pay.applications[n]
+        cur = pay.currency
+        inv = book.invoices.get(app.invoice_id)
+        number = inv.number if inv is not None else self._deleted_numbers.get(("invoice", app.invoice_id), "")
+        record: dict[str, Any] = {"PaymentID": xero_id("payment", pid, n)}
+        if len(pay.applications) > 1:
+            record["BatchPaymentID"] = xero_id("batch_payment", pid)
+        record.update({
+            "Date": ms_date(app.date),
+            "BankAmount": money(app.amount, cur),
+            "Amount": money(app.amount, cur),
+            "Reference": pay.reference,
+            "CurrencyRate": xero_rate(pay.exchange_rate),
+            "PaymentType": "ACCRECPAYMENT",
+            "Status": "AUTHORISED",
+            "UpdatedDateUTC": ms_datetime(pay.modified),
+            "HasAccount": True,
+            "IsReconciled": False,
+            "Account": {"AccountID": xero_id("account", "bank"), "Code": "090"},
+            "Invoice": {"Type": "ACCREC", "InvoiceID": xero_id("invoice", app.invoice_id), "InvoiceNumber": number,
+                        "Contact": self._contact_ref(pay.customer_id), "CurrencyCode": cur,
+                        "Payments": [], "CreditNotes": [], "Prepayments": [], "Overpayments": [],
+                        "HasErrors": False, "IsDiscounted": False, "LineItems": []},
+            "HasValidationErrors": False,
+        })
+        return record
+
+    def _overpayment(self, key: int) -> dict:
+        pay = self.book.payments[key]
+        cur = pay.currency
+        excess = pay.unapplied
+        return {
+            "OverpaymentID": xero_id("overpayment", pay.id),
+            "ID": xero_id("overpayment", pay.id),
+            "Type": "RECEIVE-OVERPAYMENT",
+            "Reference": pay.reference,
+            "RemainingCredit": money(excess, cur),
+            "Allocations": [],
+            "Payments": [{"PaymentID": xero_id("overpayment_payment", pay.id), "Date": ms_date(pay.date),
+                          "Amount": money(excess, cur), "Reference": pay.reference,
+                          "CurrencyRate": xero_rate(pay.exchange_rate), "HasAccount": False,
+                          "HasValidationErrors": False}],
+            "HasAttachments": False,
+            "Contact": self._contact_ref(pay.customer_id),
+            "DateString": f"{pay.date.isoformat()}T00:00:00",
+            "Date": ms_date(pay.date),
+            "Status": "AUTHORISED",
+            "LineAmountTypes": "NoTax",
+            "LineItems": [],
+            "SubTotal": money(excess, cur),
+            "TotalTax": money(Decimal(0), cur),
+            "Total": money(excess, cur),
+            "UpdatedDateUTC": ms_datetime(pay.modified),
+            "CurrencyCode": cur,
+            "CurrencyRate": xero_rate(pay.exchange_rate),
+        }
+
+
+def make_app(book: Book, *, faults: Faults | None = None, credentials: dict | None = None) -> XeroApp:
+    """The Xero emulator as a WSGI app.
+
+    ``credentials`` overrides :data:`SANDBOX_CREDENTIALS` keys (``client_id``,
+    ``client_secret``, ``tenant_id``) and may add ``expires_in`` (token lifetime, seconds),
+    ``basic`` ({username, password}), ``api_key`` ({header, key}) and ``tokens`` (static
+    bearer tokens) to accept those auth types too.
+    """
+    return XeroApp(book, faults=faults, credentials=credentials)
+
+
+__all__ = ["SANDBOX_CREDENTIALS", "XeroApp", "make_app", "ms_date", "ms_datetime", "xero_id", "BASE_CURRENCY"]
