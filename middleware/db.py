@@ -1,0 +1,50 @@
+"""The database handle: created unconfigured, initialised by a composition root.
+
+``connect(url)`` accepts ``sqlite:///path`` and ``postgresql://user@host:port/db`` URLs
+(peewee's ``playhouse.db_url``). SQLite runs in WAL mode with foreign keys on, so
+the web process, the workers and the CLI can share one file.
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
+from playhouse.db_url import connect as _connect_url
+
+database = DatabaseProxy()
+
+SQLITE_PRAGMAS = (
+    ("journal_mode", "wal"),
+    ("foreign_keys", 1),
+    ("synchronous", "normal"),
+    ("busy_timeout", 30000),
+    ("cache_size", -64000),
+    ("temp_store", "memory"),
+)
+
+
+def connect(url: str):
+    """Create the peewee database for ``url`` and bind the module-level proxy to it."""
+    scheme = urlparse(url).scheme
+    if scheme.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30)
+    elif scheme in ("postgres", "postgresql"):
+        db = _connect_url(url.replace("postgres://", "postgresql://", 1), autorollback=True)
+    else:
+        raise ValueError(f"ARHUB_DATABASE_URL: unsupported scheme {scheme!r} (use sqlite:/// or postgresql://)")
+    database.initialize(db)
+    return db
+
+
+def is_postgres(db=None) -> bool:
+    db = db or database.obj
+    return isinstance(db, PostgresqlDatabase)
+
+
+def is_sqlite(db=None) -> bool:
+    db = db or database.obj
+    return isinstance(db, SqliteDatabase)

@@ -1,0 +1,119 @@
+"""Versioned schema migrations, run by ``arhub db upgrade``.
+
+Every database, fresh or old, walks the same chain. Migration 1 replays a frozen DDL
+snapshot (``middleware/schema/0001.<dialect>.sql``, written once by ``arhub db
+snapshot`` from the models of that release); later migrations alter it step by step.
+A test builds a database through the chain and another straight from the current
+models and asserts that their introspected schemas are identical, so models and
+migrations cannot drift apart.
+
+Concurrency: PostgreSQL takes an advisory lock, SQLite an immediate transaction,
+so two processes upgrading at once apply each migration once.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from . import models
+from .db import database, is_postgres
+
+SCHEMA_DIR = Path(__file__).with_name("schema")
+VERSION_TABLE = "arhub_schema_version"
+_LOCK_KEY = 0x61726875  # "arhu"
+
+
+def dialect(db=None) -> str:
+    return "postgres" if is_postgres(db or database.obj) else "sqlite"
+
+
+def model_ddl(db=None) -> list[str]:
+    """The DDL the current models produce on ``db``'s dialect (tables, then indexes)."""
+    db = db or database.obj
+    ctx_sql = lambda q: db.get_sql_context().sql(q).query()[0]  # noqa: E731
+    statements = []
+    for model in models.MODELS:
+        statements.append(ctx_sql(model._schema._create_table(safe=False)))
+    for model in models.MODELS:
+        statements.extend(ctx_sql(idx) for idx in model._schema._create_indexes(safe=False))
+    return statements
+
+
+def _replay(version: int) -> Callable:
+    def run(db) -> None:
+        path = SCHEMA_DIR / f"{version:04d}.{dialect(db)}.sql"
+        for statement in path.read_text().split(";\n"):
+            if statement.strip():
+                db.execute_sql(statement)
+    return run
+
+
+#: (version, description, function(db)) in order. Append; never edit a released entry.
+MIGRATIONS: list[tuple[int, str, Callable]] = [
+    (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
+]
+
+
+def head() -> int:
+    return MIGRATIONS[-1][0]
+
+
+def _ensure_version_table(db) -> None:
+    db.execute_sql(
+        f'CREATE TABLE IF NOT EXISTS "{VERSION_TABLE}" '
+        '("version" INTEGER NOT NULL PRIMARY KEY, "description" TEXT NOT NULL, "applied_at" TEXT NOT NULL)')
+
+
+def current_version(db=None) -> int:
+    db = db or database.obj
+    if VERSION_TABLE not in db.get_tables():
+        return 0
+    row = db.execute_sql(f'SELECT MAX("version") FROM "{VERSION_TABLE}"').fetchone()
+    return row[0] or 0
+
+
+def upgrade(db=None, target: int | None = None) -> list[int]:
+    """Apply pending migrations up to ``target`` (default: head). Returns the versions applied."""
+    db = db or database.obj
+    target = head() if target is None else target
+    applied: list[int] = []
+    with db.atomic("IMMEDIATE") if not is_postgres(db) else db.atomic():
+        if is_postgres(db):
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        _ensure_version_table(db)
+        version = current_version(db)
+        for number, description, run in MIGRATIONS:
+            if version < number <= target:
+                run(db)
+                db.execute_sql(
+                    f'INSERT INTO "{VERSION_TABLE}" ("version", "description", "applied_at") VALUES '
+                    + ("(%s, %s, %s)" if is_postgres(db) else "(?, ?, ?)"),
+                    (number, description, datetime.now(timezone.utc).isoformat()))
+                applied.append(number)
+    return applied
+
+
+def write_snapshot(version: int, db) -> Path:
+    """Freeze the current models' DDL for ``db``'s dialect as migration ``version``'s snapshot."""
+    SCHEMA_DIR.mkdir(exist_ok=True)
+    path = SCHEMA_DIR / f"{version:04d}.{dialect(db)}.sql"
+    path.write_text(";\n".join(model_ddl(db)) + ";\n")
+    return path
+
+
+def describe_schema(db=None) -> dict:
+    """Tables → columns (name, type, null, pk), indexes (name, columns, unique) and foreign keys."""
+    db = db or database.obj
+    schema = {}
+    for table in sorted(db.get_tables()):
+        if table == VERSION_TABLE:
+            continue
+        schema[table] = {
+            "columns": sorted((c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.get_columns(table)),
+            "indexes": sorted((i.name, tuple(i.columns), i.unique) for i in db.get_indexes(table)),
+            "foreign_keys": sorted((f.column, f.dest_table, f.dest_column) for f in db.get_foreign_keys(table)),
+        }
+    return schema
+
+

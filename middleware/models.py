@@ -1,0 +1,342 @@
+"""The canonical AR store (peewee). SQLite by default, PostgreSQL in production.
+
+Conventions: money is ``Decimal`` (``MoneyField``), currencies are ISO 4217 codes,
+timestamps are UTC (stored naive, returned aware), business dates are ``date``.
+States are ``str`` enums stored as text. Every record pulled from a source keeps
+``(source, external_id)`` unique and a ``content_hash`` of its canonical form, so a
+re-run can tell created, updated and unchanged apart without rewriting rows.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from enum import Enum
+
+from peewee import (
+    BooleanField,
+    CharField,
+    DateField,
+    DecimalField,
+    DateTimeField,
+    ForeignKeyField,
+    IntegerField,
+    Model,
+    TextField,
+)
+
+from .db import database
+
+UTC = timezone.utc
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTimeField(DateTimeField):
+    """Stores UTC as a naive timestamp; always returns an aware UTC datetime."""
+
+    def db_value(self, value):
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return super().db_value(value)
+
+    def python_value(self, value):
+        value = super().python_value(value)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class MoneyField(DecimalField):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", 20)
+        kwargs.setdefault("decimal_places", 4)
+        super().__init__(*args, **kwargs)
+
+    def db_value(self, value):
+        # sqlite3 has no Decimal adapter; text keeps every digit on the way in
+        value = super().db_value(value)
+        return str(value) if value is not None and not isinstance(value, str) else value
+
+
+class RateField(MoneyField):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("max_digits", 24)
+        kwargs.setdefault("decimal_places", 12)
+        super().__init__(*args, **kwargs)
+
+
+class JSONField(TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class InvoiceStatus(str, Enum):
+    DRAFT = "draft"
+    OPEN = "open"
+    PAID = "paid"
+    VOIDED = "voided"
+    DELETED = "deleted"
+
+
+class RunStatus(str, Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIAL = "partial"  # finished, some records rejected or some objects failed
+    FAILED = "failed"
+
+
+class BaseModel(Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class Company(BaseModel):
+    name = CharField(default="My company")
+    reporting_currency = CharField(max_length=3, default="USD")
+    timezone = CharField(default="UTC")
+    business_days = CharField(default="Mon,Tue,Wed,Thu,Fri")
+    holidays = JSONField(default=list)
+
+
+class Source(BaseModel):
+    """An ERP (or later, Salesforce) connection configured from a preset."""
+
+    name = CharField(unique=True)
+    kind = CharField()  # "soap" | "rest" | "salesforce"
+    preset = CharField(null=True)
+    config = JSONField(default=dict)  # the preset's connection + objects (no secrets)
+    endpoint = CharField(null=True)
+    credentials_encrypted = TextField(null=True)  # Fernet token of a JSON dict
+    enabled = BooleanField(default=True)
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+
+class SyncCursor(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    object_name = CharField()
+    cursor = UTCDateTimeField(null=True)
+    deleted_cursor = UTCDateTimeField(null=True)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "object_name"), True),)
+
+
+class FieldMapping(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    object_name = CharField()  # canonical entity: customer, contact, invoice, credit_memo, payment, fx_rate, currency
+    canonical_field = CharField()  # e.g. "due_date", "applications[].amount", "contacts[].email"
+    source_path = CharField(null=True)  # e.g. "DueDate", "applyList.apply[].amount", "customFieldList.customField[scriptId=custentity_arr].value"
+    transform = CharField(default="text")
+    args = JSONField(default=dict)
+    default = CharField(null=True)
+    position = IntegerField(default=0)
+    enabled = BooleanField(default=True)
+
+    class Meta:
+        indexes = ((("source", "object_name", "canonical_field"), True),)
+
+
+class Currency(BaseModel):
+    code = CharField(max_length=3, primary_key=True)
+    name = CharField(null=True)
+    minor_units = IntegerField(default=2)
+
+
+class Customer(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    external_id = CharField()
+    number = CharField(null=True, index=True)
+    name = CharField(index=True)
+    email = CharField(null=True)
+    billing_currency = CharField(max_length=3, index=True)
+    country = CharField(max_length=2, null=True)
+    parent_external_id = CharField(null=True)
+    parent = ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    segment = CharField(null=True, index=True)
+    arr = MoneyField(null=True)
+    terms_days = IntegerField(null=True)
+    locale = CharField(null=True)
+    inactive = BooleanField(default=False)
+    collector = CharField(null=True, index=True)
+    sf_account_id = CharField(null=True, index=True)
+    match_state = CharField(null=True)
+    paused_until = DateField(null=True)
+    paused_reason = TextField(null=True)
+    content_hash = CharField(max_length=32)
+    erp_modified_at = UTCDateTimeField(null=True)
+    deleted_at = UTCDateTimeField(null=True)
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "external_id"), True),)
+
+
+class Contact(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    external_id = CharField()  # stable per source: "<customer id>:<role>:<n>" when the ERP has no contact ids
+    customer = ForeignKeyField(Customer, null=True, backref="contacts", on_delete="CASCADE")
+    customer_external_id = CharField()
+    name = CharField(null=True)
+    email = CharField(null=True, index=True)
+    phone = CharField(null=True)
+    role = CharField(default="billing")  # billing | escalation | other
+    origin = CharField(default="erp")  # erp | salesforce
+    content_hash = CharField(max_length=32)
+    deleted_at = UTCDateTimeField(null=True)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "external_id"), True),)
+
+
+class _Document(BaseModel):
+    """Fields shared by invoices, credit memos and payments (FK indexes come from the composite ones)."""
+
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    external_id = CharField()
+    number = CharField(null=True, index=True)
+    customer = ForeignKeyField(Customer, null=True, on_delete="SET NULL", index=False)
+    customer_external_id = CharField()
+    currency = CharField(max_length=3)
+    amount = MoneyField()
+    fx_rate = RateField(null=True)  # reporting units per unit of ``currency`` at the document date
+    fx_rate_date = DateField(null=True)
+    fx_rate_source = CharField(null=True)
+    amount_reporting = MoneyField(null=True)
+    fx_missing = BooleanField(default=False)
+    content_hash = CharField(max_length=32)
+    erp_modified_at = UTCDateTimeField(null=True)
+    deleted_at = UTCDateTimeField(null=True)
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+
+class Invoice(_Document):
+    issue_date = DateField()
+    sent_date = DateField(null=True)
+    due_date = DateField()
+    status = CharField(default=InvoiceStatus.OPEN.value)
+    open_amount = MoneyField()
+    erp_open_amount = MoneyField(null=True)  # as reported by the ERP, for reconciliation
+    open_amount_reporting = MoneyField(null=True)  # revaluation at the latest rate
+    revalued_at = DateField(null=True)
+    po_number = CharField(null=True)
+    memo = TextField(null=True)
+
+    class Meta:
+        indexes = (
+            (("source", "external_id"), True),
+            (("customer", "status", "due_date"), False),
+            (("status", "due_date"), False),
+            (("fx_missing",), False),
+        )
+
+
+class CreditMemo(_Document):
+    date = DateField()
+    unapplied_amount = MoneyField()
+    status = CharField(default="open")
+    reason = TextField(null=True)
+
+    class Meta:
+        indexes = ((("source", "external_id"), True), (("customer", "date"), False))
+
+
+class Payment(_Document):
+    date = DateField()
+    unapplied_amount = MoneyField()
+    reference = CharField(null=True)
+
+    class Meta:
+        indexes = ((("source", "external_id"), True), (("customer", "date"), False))
+
+
+class Application(BaseModel):
+    """A payment or credit memo applied to an invoice (by external ids, resolved to the invoice)."""
+
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    doc_kind = CharField()  # "payment" | "credit_memo"
+    doc_external_id = CharField()
+    invoice_external_id = CharField()
+    invoice = ForeignKeyField(Invoice, null=True, backref="applications", on_delete="SET NULL")
+    amount = MoneyField()
+    date = DateField()
+
+    class Meta:
+        indexes = (
+            (("source", "doc_kind", "doc_external_id", "invoice_external_id"), True),
+            (("source", "invoice_external_id"), False),
+        )
+
+
+class FxRate(BaseModel):
+    """Units of ``base_currency`` (the reporting currency) per unit of ``currency`` from ``rate_date``."""
+
+    base_currency = CharField(max_length=3)
+    currency = CharField(max_length=3)
+    rate_date = DateField()
+    rate = RateField()
+    source_name = CharField()  # e.g. "erp:netsuite", "file:eurofxref-hist.xml"
+    created_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("base_currency", "currency", "rate_date"), True),)
+
+
+class SyncRun(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", backref="runs", index=False)
+    direction = CharField(default="in")
+    mode = CharField(default="incremental")  # incremental | full
+    status = CharField(default=RunStatus.RUNNING.value)
+    started_at = UTCDateTimeField(default=utcnow)
+    finished_at = UTCDateTimeField(null=True)
+    fetched = IntegerField(default=0)
+    created = IntegerField(default=0)
+    updated = IntegerField(default=0)
+    unchanged = IntegerField(default=0)
+    rejected = IntegerField(default=0)
+    deleted = IntegerField(default=0)
+    errors = JSONField(default=list)  # [{"object": ..., "error": ..., "detail": ...}]
+    objects = JSONField(default=dict)  # per object counts
+    cursor_before = JSONField(default=dict)
+    cursor_after = JSONField(default=dict)
+    message = TextField(null=True)
+
+    class Meta:
+        indexes = ((("source", "started_at"), False),)
+
+
+class RejectedRecord(BaseModel):
+    run = ForeignKeyField(SyncRun, on_delete="CASCADE", backref="rejects")
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    object_name = CharField()
+    external_id = CharField(null=True)
+    raw = JSONField()
+    reasons = JSONField()  # [{"field": ..., "path": ..., "message": ...}]
+    created_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "object_name", "external_id"), False),)
+
+
+class AuditLog(BaseModel):
+    at = UTCDateTimeField(default=utcnow, index=True)
+    actor = CharField()
+    action = CharField()
+    object_type = CharField()
+    object_id = CharField(null=True)
+    before = JSONField(null=True)
+    after = JSONField(null=True)
+
+
+MODELS = [Company, Source, SyncCursor, FieldMapping, Currency, Customer, Contact, Invoice, CreditMemo,
+          Payment, Application, FxRate, SyncRun, RejectedRecord, AuditLog]

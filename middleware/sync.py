@@ -1,0 +1,561 @@
+"""ERP → canonical store: paged pull → map → validate → chunked bulk upsert → cursor.
+
+Guarantees (each has a test):
+- a rejected record is kept with its raw payload and the reasons (record and field named);
+  good records in the same page still land;
+- a cursor advances only after the data it covers is committed, and never past data that
+  was not processed: it moves to the start of the pull (by the ERP's clock when known) minus
+  an overlap, so records modified while we paged are fetched again next time;
+- re-running changes nothing and says so (content hashes: created / updated / unchanged);
+- a run killed midway and restarted ends with the same store as an uninterrupted one
+  (upserts are idempotent, the cursor had not moved);
+- deletions and voids zero the open amount; payment and credit applications update it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+from marshmallow import ValidationError
+
+from .bulk import placeholders, to_decimal, update_many, upsert
+from .db import database
+from .fx import RateBook
+from .mapping import CompiledMapping, FieldError, FieldSpec
+from .models import (
+    Application, Contact, CreditMemo, Currency, Customer, FieldMapping, FxRate, Invoice, Payment,
+    RejectedRecord, RunStatus, Source, SyncCursor, SyncRun, utcnow,
+)
+from .schemas import SCHEMAS, flatten_messages, minor_units
+
+log = logging.getLogger(__name__)
+
+#: canonical objects in dependency order (rates before documents, customers before invoices)
+OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "payment")
+CLOSED = ("voided", "deleted")
+
+
+class SyncError(RuntimeError):
+    """A sync that could not run at all (no such source, a broken mapping definition)."""
+
+
+class ErpPort(Protocol):
+    def pull(self, object_name: str, since: datetime | None) -> Iterator[Any]: ...
+    def pull_deleted(self, object_name: str, since: datetime | None) -> Iterator[list[dict]]: ...
+
+
+@dataclass
+class ObjectStats:
+    fetched: int = 0
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    deleted: int = 0
+    skipped: int = 0  # filtered out by the preset (e.g. supplier bills)
+    duplicates: int = 0
+    pages: int = 0
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [], 0) or k in ("fetched",)}
+
+
+def content_hash(record: dict) -> str:
+    """Stable hash of a canonical record's content (the ERP's modified stamp excluded)."""
+    payload = repr(sorted((k, v) for k, v in record.items() if k != "erp_modified_at"))
+    return hashlib.md5(payload.encode("utf-8"), usedforsecurity=False).hexdigest()
+
+
+def _mapping_for(source: Source, object_name: str) -> CompiledMapping:
+    rows = (FieldMapping.select()
+            .where((FieldMapping.source == source) & (FieldMapping.object_name == object_name)
+                   & FieldMapping.enabled)
+            .order_by(FieldMapping.position, FieldMapping.id))
+    specs = [FieldSpec.from_row(r) for r in rows]
+    obj_cfg = (source.config.get("objects") or {}).get(object_name) or {}
+    return CompiledMapping(object_name, specs, source.config.get("lookups") or {}, obj_cfg.get("filter"))
+
+
+def validate_record(object_name: str, record: dict) -> tuple[dict | None, list[FieldError]]:
+    try:
+        return SCHEMAS[object_name].load(record), []
+    except ValidationError as exc:
+        return None, [FieldError(name, msg, None, _dig(record, name)) for name, msg in flatten_messages(exc.messages)]
+
+
+def _dig(record: dict, name: str):
+    value: Any = record
+    for part in name.replace("]", "").replace("[", ".").split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value if not isinstance(value, (dict, list)) else None
+
+
+class SyncService:
+    """Runs one source's pull. Connector in, counts and a ``SyncRun`` out."""
+
+    def __init__(self, source: Source, connector: ErpPort, *, reporting_currency: str = "USD",
+                 chunk_size: int = 2000, overlap_seconds: int = 300, clock: Callable[[], datetime] = utcnow,
+                 progress: Callable[[str, ObjectStats], None] | None = None):
+        self.source = source
+        self.connector = connector
+        self.reporting = reporting_currency
+        self.chunk_size = chunk_size
+        self.overlap = timedelta(seconds=overlap_seconds)
+        self.clock = clock
+        self.progress = progress or (lambda name, stats: None)
+        self.rates: RateBook | None = None
+        self._customer_ids: dict[str, int] | None = None
+        self._touched_invoices: set[str] = set()
+        self.reconciliation_mismatches = 0
+
+    # ------------------------------------------------------------------ run
+    def objects(self) -> list[str]:
+        configured = self.source.config.get("objects") or {}
+        return [name for name in OBJECT_ORDER if name in configured]
+
+    def run(self, full: bool = False, objects: Iterable[str] | None = None) -> SyncRun:
+        wanted = list(objects) if objects else self.objects()
+        cursors = {c.object_name: c for c in SyncCursor.select().where(SyncCursor.source == self.source)}
+        run = SyncRun.create(source=self.source, mode="full" if full else "incremental",
+                             cursor_before={k: c.cursor.isoformat() if c.cursor else None for k, c in cursors.items()})
+        totals = ObjectStats()
+        per_object: dict[str, dict] = {}
+        errors: list[dict] = []
+        cursor_after = dict(run.cursor_before)
+        try:
+            self.rates = RateBook.load(self.reporting)
+            for name in wanted:
+                stats = ObjectStats()
+                cursor = cursors.get(name)
+                try:
+                    new_cursor = self._sync_object(run, name, None if full or cursor is None else cursor.cursor,
+                                                   None if cursor is None else cursor.deleted_cursor, stats, full)
+                except Exception as exc:  # recorded on the run; the cursor stays where it was
+                    stats.error = f"{type(exc).__name__}: {exc}"
+                    errors.append({"object": name, "error": stats.error})
+                    log.warning("sync %s/%s failed: %s", self.source.name, name, stats.error)
+                    if not _is_expected(exc):
+                        raise
+                else:
+                    cursor_after[name] = new_cursor.isoformat() if new_cursor else None
+                for warning in stats.warnings:
+                    errors.append({"object": name, "warning": warning})
+                per_object[name] = stats.as_dict()
+                for key in ("fetched", "created", "updated", "unchanged", "rejected", "deleted"):
+                    setattr(totals, key, getattr(totals, key) + getattr(stats, key))
+                if name == "fx_rate":
+                    self.rates = RateBook.load(self.reporting)
+            self._finish_documents()
+            status = RunStatus.SUCCEEDED
+            if any("error" in e for e in errors):
+                status = RunStatus.FAILED if all(per_object.get(n, {}).get("error") for n in wanted) else RunStatus.PARTIAL
+            elif totals.rejected:
+                status = RunStatus.PARTIAL
+        except Exception as exc:
+            errors.append({"object": None, "error": f"{type(exc).__name__}: {exc}"})
+            status = RunStatus.FAILED
+            self._close(run, totals, per_object, errors, cursor_after, status)
+            raise
+        self._close(run, totals, per_object, errors, cursor_after, status)
+        return run
+
+    def _close(self, run, totals, per_object, errors, cursor_after, status) -> None:
+        run.fetched, run.created, run.updated = totals.fetched, totals.created, totals.updated
+        run.unchanged, run.rejected, run.deleted = totals.unchanged, totals.rejected, totals.deleted
+        run.objects, run.errors, run.cursor_after = per_object, errors, cursor_after
+        run.status = status.value
+        run.finished_at = utcnow()
+        changed = totals.created + totals.updated + totals.deleted
+        run.message = ("nothing changed" if not changed and not totals.rejected else
+                       f"{totals.created} created, {totals.updated} updated, {totals.deleted} deleted, "
+                       f"{totals.unchanged} unchanged, {totals.rejected} rejected")
+        run.save()
+
+    # --------------------------------------------------------------- object
+    def _sync_object(self, run: SyncRun, name: str, since: datetime | None, deleted_since: datetime | None,
+                     stats: ObjectStats, full: bool) -> datetime | None:
+        mapping = _mapping_for(self.source, name)
+        if mapping.errors:
+            raise SyncError("; ".join(f"mapping {name}.{e.field}: {e.message}" for e in mapping.errors))
+        started = self.clock()
+        server_start: datetime | None = None
+        seen: set[str] = set()
+        sample: list[dict] = []
+        for page in self.connector.pull(name, since):
+            stats.pages += 1
+            if server_start is None and getattr(page, "server_time", None):
+                server_start = page.server_time
+            records = list(page.records)
+            if len(sample) < 50:
+                sample.extend(records[: 50 - len(sample)])
+            for start in range(0, len(records), self.chunk_size):
+                self._process_chunk(run, name, mapping, records[start:start + self.chunk_size], seen, stats)
+            self.progress(name, stats)
+        if stats.fetched and sample:
+            for path in mapping.unmatched(sample):
+                stats.warnings.append(f"mapping {name}: source path {path!r} matched nothing in "
+                                      f"{len(sample)} sampled records")
+        deleted_started = self.clock()
+        for batch in self.connector.pull_deleted(name, deleted_since):
+            stats.deleted += self._apply_deletions(name, batch)
+        # the data is committed: now (and only now) the cursor moves
+        begin = min(started, server_start) if server_start else started
+        new_cursor = begin - self.overlap
+        with database.atomic():
+            cursor, _ = SyncCursor.get_or_create(source=self.source, object_name=name)
+            if cursor.cursor and not full and cursor.cursor > new_cursor:
+                new_cursor = cursor.cursor
+            cursor.cursor = new_cursor
+            cursor.deleted_cursor = deleted_started - self.overlap
+            cursor.updated_at = utcnow()
+            cursor.save()
+        return new_cursor
+
+    def _process_chunk(self, run: SyncRun, name: str, mapping: CompiledMapping, raws: list[dict],
+                       seen: set[str], stats: ObjectStats) -> None:
+        good: dict[str, dict] = {}
+        rejects: list[tuple[str | None, dict, list[FieldError]]] = []
+        for raw in raws:
+            stats.fetched += 1
+            if not isinstance(raw, dict):
+                rejects.append((None, {"value": repr(raw)[:1000]}, [FieldError("record", "not an object")]))
+                continue
+            if not mapping.wants(raw):
+                stats.skipped += 1
+                continue
+            record, errors = mapping.apply(raw)
+            ext_id = _ext_id(name, record)
+            if not errors:
+                record, errors = validate_record(name, record)
+            if errors:
+                rejects.append((ext_id, raw, errors))
+                continue
+            key = _ext_id(name, record)
+            if key in good or key in seen:
+                stats.duplicates += 1
+                stats.warnings.append(f"{name} {key} came twice in one pull; kept the latest")
+                previous = good.get(key)
+                if previous and _newer(previous, record):
+                    continue
+            good[key] = record
+        seen.update(good)
+        with database.atomic():
+            if good:
+                created, updated, unchanged = WRITERS[name](self, list(good.values()))
+                stats.created += created
+                stats.updated += updated
+                stats.unchanged += unchanged
+            if rejects:
+                stats.rejected += len(rejects)
+                RejectedRecord.insert_many([
+                    {"run": run.id, "source": self.source.id, "object_name": name, "external_id": ext,
+                     "raw": raw, "reasons": [e.as_dict() for e in errs], "created_at": utcnow()}
+                    for ext, raw, errs in rejects]).execute()
+
+    # ------------------------------------------------------------ helpers
+    def _existing(self, model, ext_ids: list[str], *extra) -> dict[str, tuple]:
+        """external_id → (id, content_hash, *extra) for the rows that exist."""
+        out: dict[str, tuple] = {}
+        cols = [model.external_id, model.id, model.content_hash, *extra]
+        for start in range(0, len(ext_ids), 900):
+            part = ext_ids[start:start + 900]
+            query = model.select(*cols).where((model.source == self.source.id) & model.external_id.in_(part))
+            for row in query.tuples():
+                out[row[0]] = row[1:]
+        return out
+
+    def customer_ids(self) -> dict[str, int]:
+        if self._customer_ids is None:
+            self._customer_ids = dict(Customer.select(Customer.external_id, Customer.id)
+                                      .where(Customer.source == self.source.id).tuples())
+        return self._customer_ids
+
+    def _convert(self, amount: Decimal, currency: str, day: date) -> tuple:
+        conv = self.rates.convert(amount, currency, day) if self.rates else None
+        if conv is None:
+            return None, None, None, None, True
+        return conv.amount, conv.rate, conv.rate_date, conv.source, False
+
+    def _classify(self, model, records: list[dict]) -> tuple[list[tuple[dict, str, tuple | None]], int]:
+        existing = self._existing(model, [r["external_id"] for r in records])
+        out, unchanged = [], 0
+        for rec in records:
+            digest = content_hash(rec)
+            row = existing.get(rec["external_id"])
+            if row is not None and row[1] == digest:
+                unchanged += 1
+                continue
+            out.append((rec, digest, row))
+        return out, unchanged
+
+    # ------------------------------------------------------------ writers
+    def _write_currencies(self, records: list[dict]) -> tuple[int, int, int]:
+        known = dict(Currency.select(Currency.code, Currency.name).tuples())
+        rows = [(r["code"], r.get("name"), minor_units(r["code"])) for r in records]
+        created = sum(1 for r in records if r["code"] not in known)
+        updated = sum(1 for r in records if r["code"] in known and known[r["code"]] != r.get("name"))
+        upsert(Currency, ("code", "name", "minor_units"), rows, ("code",), ("name", "minor_units"))
+        return created, updated, len(records) - created - updated
+
+    def _write_fx_rates(self, records: list[dict]) -> tuple[int, int, int]:
+        base_default = self.reporting
+        data, created, updated = [], 0, 0
+        keys = {(r.get("base_currency") or base_default, r["currency"], r["rate_date"]) for r in records}
+        existing = {(b, c, d): to_decimal(rate) for b, c, d, rate in
+                    FxRate.select(FxRate.base_currency, FxRate.currency, FxRate.rate_date, FxRate.rate)
+                    .where(FxRate.currency.in_(list({k[1] for k in keys}))
+                           & FxRate.rate_date.in_(list({k[2] for k in keys}))).tuples()}
+        now = utcnow()
+        for r in records:
+            base = r.get("base_currency") or base_default
+            rate = r["rate"].quantize(Decimal("1e-12"))
+            old = existing.get((base, r["currency"], r["rate_date"]))
+            if old is None:
+                created += 1
+            elif old != rate:
+                updated += 1
+            else:
+                continue
+            data.append((base, r["currency"], r["rate_date"], rate, f"erp:{self.source.name}", now))
+        upsert(FxRate, ("base_currency", "currency", "rate_date", "rate", "source_name", "created_at"), data,
+               ("base_currency", "currency", "rate_date"), ("rate", "source_name"))
+        return created, updated, len(records) - created - updated
+
+    def _write_customers(self, records: list[dict]) -> tuple[int, int, int]:
+        todo, unchanged = self._classify(Customer, records)
+        if not todo:
+            return 0, 0, unchanged
+        now = utcnow()
+        cols = ("source_id", "external_id", "number", "name", "email", "billing_currency", "country",
+                "parent_external_id", "arr", "terms_days", "locale", "inactive", "erp_modified_at", "content_hash",
+                "deleted_at", "created_at", "updated_at")
+        rows = [(self.source.id, r["external_id"], r.get("number"), r["name"], r.get("email"), r["billing_currency"],
+                 r.get("country"), r.get("parent_external_id"), r.get("arr"), r.get("terms_days"), r.get("locale"),
+                 r.get("inactive", False), r.get("erp_modified_at"), digest, None, now, now)
+                for r, digest, _ in todo]
+        upsert(Customer, cols, rows, ("source_id", "external_id"), cols[2:-2] + ("updated_at",))
+        ids = self._existing(Customer, [r["external_id"] for r, _, _ in todo])
+        cache = self.customer_ids()
+        for ext, (cid, *_rest) in ids.items():
+            cache[ext] = cid
+        self._write_contacts([(r, ids[r["external_id"]][0]) for r, _, _ in todo])
+        # parents may arrive before or after their children: resolve every time
+        parents = [(cache.get(r["parent_external_id"]), ids[r["external_id"]][0]) for r, _, _ in todo
+                   if r.get("parent_external_id")]
+        update_many(Customer, ("id",), ("parent_id",), parents)
+        created = sum(1 for _, _, row in todo if row is None)
+        return created, len(todo) - created, unchanged
+
+    def _write_contacts(self, customers: list[tuple[dict, int]]) -> None:
+        rows, keep = [], defaultdict(set)
+        now = utcnow()
+        for rec, cust_id in customers:
+            ext = rec["external_id"]
+            contacts = []
+            if rec.get("email"):
+                contacts.append({"external_id": f"{ext}:billing", "name": rec.get("name"), "email": rec["email"],
+                                 "role": "billing"})
+            for n, c in enumerate(rec.get("contacts") or []):
+                if c.get("email") or c.get("name"):
+                    contacts.append({**c, "external_id": c.get("external_id") or f"{ext}:{c.get('role', 'other')}:{n}"})
+            for c in contacts:
+                keep[cust_id].add(c["external_id"])
+                rows.append((self.source.id, c["external_id"], cust_id, ext, c.get("name"), c.get("email"),
+                             c.get("phone"), c.get("role") or "billing", "erp", content_hash(c), now))
+        cols = ("source_id", "external_id", "customer_id", "customer_external_id", "name", "email", "phone", "role",
+                "origin", "content_hash", "updated_at")
+        upsert(Contact, cols, rows, ("source_id", "external_id"), cols[2:])
+        ids = list(keep)
+        if ids:
+            stale = (Contact.select(Contact.id, Contact.customer, Contact.external_id)
+                     .where(Contact.customer.in_(ids) & (Contact.origin == "erp")).tuples())
+            gone = [cid for cid, cust, ext in stale if ext not in keep[cust]]
+            if gone:
+                Contact.delete().where(Contact.id.in_(gone)).execute()
+
+    def _write_invoices(self, records: list[dict]) -> tuple[int, int, int]:
+        todo, unchanged = self._classify(Invoice, records)
+        if not todo:
+            return 0, 0, unchanged
+        now = utcnow()
+        customers = self.customer_ids()
+        cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",
+                "issue_date", "sent_date", "due_date", "status", "open_amount", "erp_open_amount", "po_number", "memo",
+                "amount_reporting", "fx_rate", "fx_rate_date", "fx_rate_source", "fx_missing",
+                "erp_modified_at", "content_hash", "deleted_at", "created_at", "updated_at")
+        rows = []
+        for r, digest, _ in todo:
+            status = r.get("status") or "open"
+            amount = r["amount"]
+            rows.append((self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
+                         r["customer_external_id"], r["currency"], amount, r["issue_date"], r.get("sent_date"),
+                         r["due_date"], status, Decimal(0) if status in CLOSED else amount, r.get("erp_open_amount"),
+                         r.get("po_number"), r.get("memo"), *self._convert(amount, r["currency"], r["issue_date"]),
+                         r.get("erp_modified_at"), digest, now if status == "deleted" else None, now, now))
+            self._touched_invoices.add(r["external_id"])
+        upsert(Invoice, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
+        created = sum(1 for _, _, row in todo if row is None)
+        return created, len(todo) - created, unchanged
+
+    def _write_settlements(self, model, kind: str, records: list[dict]) -> tuple[int, int, int]:
+        todo, unchanged = self._classify(model, records)
+        if not todo:
+            return 0, 0, unchanged
+        now = utcnow()
+        customers = self.customer_ids()
+        extra = "reason" if model is CreditMemo else "reference"
+        cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",
+                "date", "unapplied_amount", extra, "amount_reporting", "fx_rate", "fx_rate_date", "fx_rate_source",
+                "fx_missing", "erp_modified_at", "content_hash", "deleted_at", "created_at", "updated_at")
+        if model is CreditMemo:
+            cols = cols[:-3] + ("status",) + cols[-3:]
+        rows, apps, doc_ids = [], [], []
+        for r, digest, _ in todo:
+            closed = r.get("status") in CLOSED
+            applied = sum((a["amount"] for a in r.get("applications") or []), Decimal(0))
+            row = [self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
+                   r["customer_external_id"], r["currency"], r["amount"], r["date"],
+                   Decimal(0) if closed else max(r["amount"] - applied, Decimal(0)), r.get(extra),
+                   *self._convert(r["amount"], r["currency"], r["date"]), r.get("erp_modified_at"), digest,
+                   now if closed else None, now, now]
+            if model is CreditMemo:
+                row.insert(-3, r.get("status") or "open")
+            rows.append(tuple(row))
+            doc_ids.append(r["external_id"])
+            if not closed:
+                for a in r.get("applications") or []:
+                    if a["amount"]:
+                        apps.append((self.source.id, kind, r["external_id"], a["invoice_external_id"], a["amount"],
+                                     a.get("date") or r["date"]))
+        upsert(model, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
+        self._replace_applications(kind, doc_ids, apps)
+        created = sum(1 for _, _, row in todo if row is None)
+        return created, len(todo) - created, unchanged
+
+    def _replace_applications(self, kind: str, doc_ids: list[str], apps: list[tuple]) -> None:
+        for start in range(0, len(doc_ids), 900):
+            part = doc_ids[start:start + 900]
+            old = (Application.select(Application.invoice_external_id)
+                   .where((Application.source == self.source.id) & (Application.doc_kind == kind)
+                          & Application.doc_external_id.in_(part)).tuples())
+            self._touched_invoices.update(ext for (ext,) in old)
+            (Application.delete().where((Application.source == self.source.id) & (Application.doc_kind == kind)
+                                        & Application.doc_external_id.in_(part)).execute())
+        merged: dict[tuple, list] = {}
+        for row in apps:  # one application per (document, invoice): amounts of repeated lines add up
+            key = row[:4]
+            if key in merged:
+                merged[key][4] += row[4]
+            else:
+                merged[key] = list(row)
+        upsert(Application, ("source_id", "doc_kind", "doc_external_id", "invoice_external_id", "amount", "date"),
+               [tuple(v) for v in merged.values()],
+               ("source_id", "doc_kind", "doc_external_id", "invoice_external_id"), ("amount", "date"))
+        self._touched_invoices.update(row[3] for row in apps)
+
+    def _apply_deletions(self, name: str, batch: list[dict]) -> int:
+        model = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}.get(name)
+        if model is None or not batch:
+            return 0
+        ids = [str(d["id"]) for d in batch if d.get("id") is not None]
+        now = utcnow()
+        count = 0
+        with database.atomic():
+            for start in range(0, len(ids), 900):
+                part = ids[start:start + 900]
+                query = model.update(deleted_at=now).where(
+                    (model.source == self.source.id) & model.external_id.in_(part) & model.deleted_at.is_null())
+                if model is Invoice:
+                    query = model.update(deleted_at=now, status="deleted", open_amount=0).where(
+                        (model.source == self.source.id) & model.external_id.in_(part) & model.deleted_at.is_null())
+                    self._touched_invoices.update(part)
+                count += query.execute()
+                if model in (CreditMemo, Payment):
+                    kind = "credit_memo" if model is CreditMemo else "payment"
+                    self._replace_applications(kind, part, [])
+        return count
+
+    # ------------------------------------------------------- after all objects
+    def _finish_documents(self) -> None:
+        """Resolve late customer links, recompute open amounts of touched invoices, revalue them."""
+        with database.atomic():
+            for model in (Invoice, CreditMemo, Payment, Contact):
+                sql = (f'UPDATE "{model._meta.table_name}" SET "customer_id" = (SELECT c."id" FROM "customer" c '
+                       f'WHERE c."source_id" = "{model._meta.table_name}"."source_id" AND c."external_id" = '
+                       f'"{model._meta.table_name}"."customer_external_id") WHERE "customer_id" IS NULL AND '
+                       f'"source_id" = {placeholders(1)}')
+                database.execute_sql(sql, (self.source.id,))
+            sql = ('UPDATE "application" SET "invoice_id" = (SELECT i."id" FROM "invoice" i WHERE i."source_id" = '
+                   '"application"."source_id" AND i."external_id" = "application"."invoice_external_id") '
+                   f'WHERE "invoice_id" IS NULL AND "source_id" = {placeholders(1)}')
+            database.execute_sql(sql, (self.source.id,))
+        touched = sorted(self._touched_invoices)
+        self._touched_invoices = set()
+        today = utcnow().date()
+        mismatched = 0
+        for start in range(0, len(touched), 900):
+            part = touched[start:start + 900]
+            applied: dict[str, Decimal] = defaultdict(Decimal)
+            for ext, amount in (Application.select(Application.invoice_external_id, Application.amount)
+                                .where((Application.source == self.source.id)
+                                       & Application.invoice_external_id.in_(part)).tuples()):
+                applied[ext] += to_decimal(amount)
+            rows = []
+            for inv_id, ext, amount, status, currency, erp_open in (
+                    Invoice.select(Invoice.id, Invoice.external_id, Invoice.amount, Invoice.status, Invoice.currency,
+                                   Invoice.erp_open_amount)
+                    .where((Invoice.source == self.source.id) & Invoice.external_id.in_(part)).tuples()):
+                amount = to_decimal(amount)
+                open_amount = Decimal(0) if status in CLOSED else max(amount - applied[ext], Decimal(0))
+                if status not in CLOSED + ("draft",):
+                    status = "paid" if open_amount == 0 and amount > 0 else "open"
+                if erp_open is not None and to_decimal(erp_open) != open_amount:
+                    mismatched += 1
+                conv = self.rates.convert(open_amount, currency, today) if self.rates else None
+                rows.append((open_amount, status, conv.amount if conv else None, today, inv_id))
+            with database.atomic():
+                update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
+        self.reconciliation_mismatches = mismatched
+
+WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
+    "currency": SyncService._write_currencies,
+    "fx_rate": SyncService._write_fx_rates,
+    "customer": SyncService._write_customers,
+    "invoice": SyncService._write_invoices,
+    "credit_memo": lambda self, recs: self._write_settlements(CreditMemo, "credit_memo", recs),
+    "payment": lambda self, recs: self._write_settlements(Payment, "payment", recs),
+}
+
+
+def _ext_id(name: str, record: dict) -> str | None:
+    if name == "currency":
+        return record.get("code")
+    if name == "fx_rate":
+        day = record.get("rate_date")
+        return f"{record.get('currency')}@{day}" if day else None
+    value = record.get("external_id")
+    return None if value is None else str(value)
+
+
+def _newer(a: dict, b: dict) -> bool:
+    """Is record ``a`` strictly newer than ``b`` by the ERP's modified stamp?"""
+    ma, mb = a.get("erp_modified_at"), b.get("erp_modified_at")
+    return ma is not None and mb is not None and ma > mb
+
+
+def _is_expected(exc: Exception) -> bool:
+    """Errors a sync records and survives: connector failures and broken mappings (not our bugs)."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, SyncError) or module.startswith("connectors")
