@@ -187,7 +187,7 @@ class NetSuiteEmulator:
     def dispatch(self, request: Request) -> Response:
         path = re.sub("/+", "/", request.path)
         if request.method == "GET" and path == WSDL_PATH:
-            base = request.host_url.rstrip("/")
+            base = request.root_url.rstrip("/")  # includes a mount prefix (SCRIPT_NAME)
             text = re.sub(r'(<soap:address location=")[^"]*(")', rf"\g<1>{base}{SERVICE_PATH}\g<2>", self._wsdl)
             return Response(text, content_type="text/xml; charset=utf-8")
         match = re.fullmatch(r"/wsdl/xsd/([A-Za-z.]+)\.xsd", path)
