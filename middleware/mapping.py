@@ -349,6 +349,7 @@ class _Compiled:
     convert: Callable[[Any], Any]
     default: Any
     list_path: str | None = None
+    constant: bool = False
 
 
 def _compile_field(spec: FieldSpec, lookups: dict, item_path: str | None = None) -> _Compiled:
@@ -387,7 +388,7 @@ def _compile_field(spec: FieldSpec, lookups: dict, item_path: str | None = None)
         raise MappingError(f"{spec.canonical_field}: unknown transform {transform!r} (one of {sorted(TRANSFORMS) + ['concat', 'lookup']})")
     convert = factory(args)
     if transform == "constant":
-        return _Compiled(name, None, lambda rec: None, convert, spec.default)
+        return _Compiled(name, None, lambda rec: True, convert, spec.default, constant=True)
     if not path:
         if spec.default is None:
             raise MappingError(f"{spec.canonical_field}: no source path, constant or default")
@@ -459,20 +460,21 @@ class CompiledMapping:
             items = _as_list(getter(raw)) if getter else [raw]
             rows = []
             for n, item in enumerate(items):
-                row = {}
+                row, found = {}, False
                 for spec in members:
                     value = self._value(spec, item, errors, f"{group}[{n}].{spec.name}")
-                    if value is not MISSING:
+                    if value is not MISSING and value is not None:
                         row[spec.name] = value
-                if row:
+                        found = found or not spec.constant
+                if found:  # an item made only of constants is no item
                     rows.append(row)
             record[group] = rows
         return record, errors
 
-    def unmatched(self, raws: Iterable[dict]) -> list[FieldSpec | str]:
-        """Source paths (of non-default fields) that matched nothing in any of ``raws``."""
+    def unmatched(self, raws: Iterable[dict], among: set[str] | None = None) -> list[str]:
+        """Source paths (of fields without a default) that matched nothing in any of ``raws``."""
         seen: set[str] = set()
-        candidates = [s for s in self.fields if s.path and s.default is None]
+        candidates = [s for s in self.fields if s.path and s.default is None and (among is None or s.path in among)]
         for raw in raws:
             for spec in candidates:
                 if spec.path not in seen and not _blank(spec.getter(raw)):

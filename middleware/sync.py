@@ -192,21 +192,21 @@ class SyncService:
         started = self.clock()
         server_start: datetime | None = None
         seen: set[str] = set()
-        sample: list[dict] = []
+        unmatched: set[str] | None = None
         for page in self.connector.pull(name, since):
             stats.pages += 1
             if server_start is None and getattr(page, "server_time", None):
                 server_start = page.server_time
-            records = list(page.records)
-            if len(sample) < 50:
-                sample.extend(records[: 50 - len(sample)])
+            records = [r for r in page.records if isinstance(r, dict) and mapping.wants(r)] if mapping.filter else list(page.records)
+            if unmatched is None or unmatched:
+                unmatched = set(mapping.unmatched([r for r in records if isinstance(r, dict)], among=unmatched))
             for start in range(0, len(records), self.chunk_size):
                 self._process_chunk(run, name, mapping, records[start:start + self.chunk_size], seen, stats)
             self.progress(name, stats)
-        if stats.fetched and sample:
-            for path in mapping.unmatched(sample):
+        if stats.fetched and unmatched:
+            for path in sorted(unmatched):
                 stats.warnings.append(f"mapping {name}: source path {path!r} matched nothing in "
-                                      f"{len(sample)} sampled records")
+                                      f"{stats.fetched} records")
         deleted_started = self.clock()
         for batch in self.connector.pull_deleted(name, deleted_since):
             stats.deleted += self._apply_deletions(name, batch)
