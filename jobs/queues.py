@@ -38,6 +38,7 @@ __all__ = [
     "QUEUE_NAMES",
     "WORKER_CLASS",
     "Worker",
+    "close_embedded",
     "get_queue",
     "get_redis",
     "redis_url_for_workers",
@@ -107,6 +108,16 @@ def _embedded_for(settings: Settings) -> redis.Redis:
         if client is None or not _alive(client):
             client = _embedded[settings.var_dir] = _start_embedded(settings.var_dir)
         return client
+
+
+def close_embedded(settings: Settings | None = None) -> None:
+    """Stop the embedded server this process started for ``settings.var_dir`` (tests,
+    the demo's shutdown). A server another process started is only detached from."""
+    s = settings or get_settings()
+    with _lock:
+        client = _embedded.pop(s.var_dir, None)
+    if client is not None:
+        client._cleanup()
 
 
 def _alive(client: redis.Redis) -> bool:
