@@ -43,6 +43,22 @@ _PLACEHOLDER = re.compile(r"\{([a-z_]+(?:\.[A-Za-z0-9_]+)?)\}")
 _PROLOG_DANGER = re.compile(rb"<!(?:DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
+class _RedactEnvelopes(logging.Filter):
+    """zeep's transport logs whole SOAP envelopes at DEBUG, auth headers included: keep the
+    line, drop the envelope."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith(("HTTP Post to", "HTTP Response from")):
+            record.msg = " ".join(record.msg.split()[:3]) + " %s: <SOAP envelope not logged>"
+            record.args = record.args[:1] if isinstance(record.args, tuple) else record.args
+        return True
+
+
+_zeep_transport_log = logging.getLogger("zeep.transports")
+if not any(isinstance(f, _RedactEnvelopes) for f in _zeep_transport_log.filters):
+    _zeep_transport_log.addFilter(_RedactEnvelopes())
+
+
 @dataclass
 class Page:
     """One page of raw records (see docs/connector-contract.md)."""
@@ -281,7 +297,8 @@ class SoapConnector:
                 wsse = UsernameToken(self._cred("username"), self._cred("password"))
             elif self.auth_type == "basic":
                 self._transport.session.auth = (self._cred("username"), self._cred("password"))
-            settings = zeep.Settings(strict=False, forbid_dtd=True, forbid_entities=True, forbid_external=True,
+            # the WSDL is configuration we trust to import its XSDs; DTDs and entities stay forbidden
+            settings = zeep.Settings(strict=False, forbid_dtd=True, forbid_entities=True, forbid_external=False,
                                      xml_huge_tree=True)
             try:
                 self._client = zeep.Client(self.wsdl, transport=self._transport, wsse=wsse, settings=settings)
@@ -526,7 +543,9 @@ class SoapConnector:
     def _fault_error(self, operation: str, fault: etree._Element, status: int) -> ConnectorError:
         faultstring = _text(fault, "faultstring") or _text(fault, "Reason.Text") or "SOAP fault"
         faultcode = _text(fault, "faultcode") or _text(fault, "Code.Value") or ""
-        detail = _first(fault, "detail") or _first(fault, "Detail")
+        detail = _first(fault, "detail")
+        if detail is None:
+            detail = _first(fault, "Detail")
         detail_name = next((_local(c.tag) for c in detail if isinstance(c.tag, str)), "") \
             if isinstance(detail, etree._Element) else ""
         code = ""
