@@ -33,7 +33,7 @@ def connect(url: str):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30)
     elif scheme in ("postgres", "postgresql"):
-        db = _connect_url(url.replace("postgres://", "postgresql://", 1), autorollback=True)
+        db = _connect_url(url.replace("postgres://", "postgresql://", 1))
     else:
         raise ValueError(f"ARHUB_DATABASE_URL: unsupported scheme {scheme!r} (use sqlite:/// or postgresql://)")
     database.initialize(db)
