@@ -11,8 +11,9 @@ Transport behaviour:
   once more when an API call answers 401), ``basic`` (``username``/``password``),
   ``api_key`` (``{header: X-Api-Key}`` or ``{query: api_key}`` + ``credentials.api_key``), ``none``;
 * pagination ``page`` / ``offset`` / ``cursor`` / ``next_link`` (body path or ``Link`` header) /
-  ``none``; every style stops on an empty page, page and offset also on a short page, and
-  page also when an optional ``total_pages_path`` says it was the last;
+  ``none``; every style stops on an empty page, page and offset also on a short page, except
+  that with an optional ``total_pages_path`` the page style stops at the announced last page
+  instead (a record vanishing from a page between requests must not end the pull early);
 * 429 is retried after ``Retry-After`` (or the backoff), 5xx, connection errors and timeouts
   with exponential backoff capped at ``retries.max_sleep``; the sleep function is injectable;
 * errors leave as :mod:`connectors.exceptions` classes; JSON is parsed with
@@ -240,7 +241,8 @@ class RestConnector:
                 records = self._records(object_name, number, resp, body, records_path)
                 total = self._total(body, total_path)
                 yield Page(records, number, total, self._server_time(resp))
-                if not records or len(records) < size or (total is not None and number >= total):
+                # a known total outranks the short-page rule (a record may vanish from a page)
+                if not records or (number >= total if total is not None else len(records) < size):
                     return
                 page_no += 1
         elif style == "offset":
@@ -468,7 +470,7 @@ class RestConnector:
             resp = self._send("POST", self.token_url, data=data, auth=auth, headers={"Accept": "application/json"},
                               what="token request", authenticate=False)
         except ConnectorError as exc:
-            if exc.status is not None and 400 <= exc.status < 500:  # invalid_client and friends
+            if exc.status in (400, 401, 403):  # invalid_client, unauthorized_client, ...
                 raise AuthError(f"{self.name}: token request refused (HTTP {exc.status})", status=exc.status,
                                 detail=exc.detail) from None
             raise
