@@ -420,3 +420,14 @@ def test_control_api_describes_the_book(sandbox):
     assert body["counts"]["invoice"] == len(sandbox.book.invoices)
     bad = requests.post(f"{sandbox.url}/_sandbox/mutate", json={"action": "explode"}, timeout=10)
     assert bad.status_code == 400
+
+
+def test_fast_invoice_serializer_matches_the_reference_renderer():
+    """The emulator's hand-written invoice JSON (its hot path) is byte-for-byte what
+    json.dumps of the readable reference record gives, for every invoice of a book."""
+    from connectors.sandbox.xero import _dumps, make_app
+    book = Book(customers=80, invoices=1200, seed=13)
+    app = make_app(book)
+    app._sync_versions()  # noqa: SLF001 (the two renderers are private on purpose)
+    for key in book.invoices:
+        assert app._invoice_text(key) == _dumps(app._invoice(key))  # noqa: SLF001
