@@ -414,10 +414,12 @@ class CompiledMapping:
                     compiled = _compile_field(spec, lookups, item_path or None)
                     compiled.list_path = list_path
                     getter, members = self.lists.get(group, (None, []))
-                    if members and members[0].list_path != list_path:
-                        raise MappingError(f"{spec.canonical_field}: all fields of {group}[] must read the same list "
-                                           f"({members[0].list_path!r} vs {list_path!r})")
-                    getter = compile_path(list_path) if list_path else None
+                    readers = [m for m in members if not m.constant]
+                    if not compiled.constant:
+                        if readers and readers[0].list_path != list_path:
+                            raise MappingError(f"{spec.canonical_field}: all fields of {group}[] must read the same "
+                                               f"list ({readers[0].list_path!r} vs {list_path!r})")
+                        getter = compile_path(list_path) if list_path else None
                     self.lists[group] = (getter, members + [compiled])
                 else:
                     self.fields.append(_compile_field(spec, lookups))
@@ -426,8 +428,8 @@ class CompiledMapping:
         self.filter = None
         if record_filter:
             getter = compile_path(record_filter["path"])
-            allowed = {str(v) for v in _as_list(record_filter.get("in", record_filter.get("equals")))}
-            self.filter = lambda rec: str(getter(rec)) in allowed
+            allowed = {str(v).lower() for v in _as_list(record_filter.get("in", record_filter.get("equals")))}
+            self.filter = lambda rec: str(getter(rec)).lower() in allowed
 
     def wants(self, raw: dict) -> bool:
         return self.filter is None or self.filter(raw)

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 #: canonical objects in dependency order (rates before documents, customers before invoices)
 OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "payment")
 CLOSED = ("voided", "deleted")
+DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}
 
 
 class SyncError(RuntimeError):
@@ -226,6 +227,7 @@ class SyncService:
     def _process_chunk(self, run: SyncRun, name: str, mapping: CompiledMapping, raws: list[dict],
                        seen: set[str], stats: ObjectStats) -> None:
         good: dict[str, dict] = {}
+        deletions: list[dict] = []
         rejects: list[tuple[str | None, dict, list[FieldError]]] = []
         for raw in raws:
             stats.fetched += 1
@@ -237,6 +239,9 @@ class SyncService:
                 continue
             record, errors = mapping.apply(raw)
             ext_id = _ext_id(name, record)
+            if record.get("status") == "deleted" and ext_id and name in DELETABLE:
+                deletions.append({"id": ext_id})  # a deleted record may come without its other fields
+                continue
             if not errors:
                 record, errors = validate_record(name, record)
             if errors:
@@ -251,6 +256,8 @@ class SyncService:
                     continue
             good[key] = record
         seen.update(good)
+        if deletions:
+            stats.deleted += self._apply_deletions(name, deletions)
         with database.atomic():
             if good:
                 created, updated, unchanged = WRITERS[name](self, list(good.values()))
@@ -466,7 +473,7 @@ class SyncService:
         self._touched_invoices.update(row[3] for row in apps)
 
     def _apply_deletions(self, name: str, batch: list[dict]) -> int:
-        model = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}.get(name)
+        model = DELETABLE.get(name)
         if model is None or not batch:
             return 0
         ids = [str(d["id"]) for d in batch if d.get("id") is not None]
