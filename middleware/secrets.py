@@ -235,13 +235,10 @@ def install_log_redaction(settings: Settings | None = None, logger: logging.Logg
         password = _url_password(url)
         if password:
             register_secret(password)
-    target = logger or logging.getLogger()
-    flt = next(
-        (f for h in target.handlers for f in h.filters if isinstance(f, RedactingFilter)),
-        None,
-    ) or RedactingFilter()
+    target = logging.getLogger() if logger is None else logger
+    flt = RedactingFilter()
     for handler in target.handlers:
-        if flt not in handler.filters:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(flt)
     return flt
 

@@ -145,8 +145,10 @@ def test_log_filter_redacts_tracebacks(captured_logger):
 
 
 def test_install_is_idempotent(captured_logger, tmp_path):
-    """Installing twice leaves one filter per handler."""
+    """Installing twice leaves exactly one redaction filter on a handler."""
     logger, _ = captured_logger
     install_log_redaction(settings_with(tmp_path, "another-key"), logger=logger)
-    for handler in logger.handlers:
+    ours = [h for h in logger.handlers if type(h) is logging.StreamHandler]
+    assert ours
+    for handler in ours:
         assert sum(isinstance(f, RedactingFilter) for f in handler.filters) == 1
