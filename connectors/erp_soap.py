@@ -89,40 +89,57 @@ def parse_xml(content: bytes) -> etree._Element:
     return root
 
 
+_LOCAL_NAMES: dict[str, str] = {}
+
+
 def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
+    name = _LOCAL_NAMES.get(tag)
+    if name is None:
+        name = _LOCAL_NAMES[tag] = tag.rpartition("}")[2]
+    return name
 
 
 def element_to_dict(el: etree._Element, lists: frozenset[str] = frozenset(), path: str = "") -> Any:
     """Plain data of an element: local names as keys, text as ``str``, attributes by local name,
     ``xsi:type`` (local part) as ``_type``, repeated children (or those whose dotted path relative
-    to the record is in ``lists``) as lists; a leaf with attributes keeps its text as ``_value``."""
-    attrib = el.attrib
-    children = [c for c in el if isinstance(c.tag, str)]
-    if not children and not attrib:
-        return el.text if el.text is not None else ""
+    to the record is in ``lists``) as lists; a leaf with attributes keeps its text as ``_value``.
+
+    Comments and processing instructions never reach here (the parser drops them)."""
+    attrs = el.items()
+    if not len(el):
+        if not attrs:
+            text = el.text
+            return text if text is not None else ""
     out: dict[str, Any] = {}
-    for key, value in attrib.items():
+    for key, value in attrs:
         if key == XSI_TYPE:
             out["_type"] = value.rpartition(":")[2]
         else:
             out[_local(key)] = value
-    if not children:
-        if el.text is not None and el.text.strip():
-            out["_value"] = el.text
+    if not len(el):
+        text = el.text
+        if text is not None and text.strip():
+            out["_value"] = text
         return out
-    repeated: set[str] = set()
-    for child in children:
-        name = _local(child.tag)
-        sub = f"{path}.{name}" if path else name
-        value = element_to_dict(child, lists, sub)
-        if name in repeated:
+    repeated: set[str] | None = None
+    for child in el:
+        tag = child.tag
+        name = _LOCAL_NAMES.get(tag) or _local(tag)
+        if len(child) or child.attrib:
+            sub = f"{path}.{name}" if path else name
+            value = element_to_dict(child, lists, sub)
+        else:
+            sub = None
+            value = child.text if child.text is not None else ""
+        if repeated is not None and name in repeated:
             out[name].append(value)
         elif name in out:
             out[name] = [out[name], value]
+            repeated = repeated or set()
             repeated.add(name)
-        elif sub in lists:
+        elif lists and (sub or (f"{path}.{name}" if path else name)) in lists:
             out[name] = [value]
+            repeated = repeated or set()
             repeated.add(name)
         else:
             out[name] = value
@@ -441,8 +458,12 @@ class SoapConnector:
             attempt += 1
             try:
                 headers = self._headers()
+                try:
+                    method = self.service[operation]
+                except (AttributeError, KeyError) as exc:
+                    raise ConnectorError(f"the WSDL has no operation {operation!r}") from exc
                 with self.client.settings(raw_response=True):
-                    reply = getattr(self.service, operation)(**kwargs, _soapheaders=headers)
+                    reply = method(**kwargs, _soapheaders=headers)
             except requests.exceptions.Timeout as exc:
                 raise ConnectorTimeout(f"{operation}: no answer within {self.timeout:g}s") from exc
             except requests.exceptions.ConnectionError as exc:
@@ -452,6 +473,12 @@ class SoapConnector:
                     self._backoff(attempt, None, operation, type(exc).__name__)
                     continue
                 raise RemoteError(f"{operation}: connection failed after {attempt} attempts "
+                                  f"({type(exc).__name__})", retryable=True) from exc
+            except requests.exceptions.RequestException as exc:  # e.g. a body cut off mid-transfer
+                if attempt <= self.max_retries:
+                    self._backoff(attempt, None, operation, type(exc).__name__)
+                    continue
+                raise RemoteError(f"{operation}: request failed after {attempt} attempts "
                                   f"({type(exc).__name__})", retryable=True) from exc
             except (zeep.exceptions.Error, TypeError, ValueError) as exc:
                 raise ConnectorError(f"{operation}: the preset's request does not fit the WSDL: {exc}") from exc
@@ -517,14 +544,22 @@ class SoapConnector:
                 server_time = None
         if status in (401, 403) and not self._is_fault(reply):
             raise AuthError(f"{operation}: HTTP {status}: credentials refused", status=status)
-        root = parse_xml(reply.content)
+        try:
+            root = parse_xml(reply.content)
+        except MalformedResponse as exc:
+            if status in (401, 403):
+                raise AuthError(f"{operation}: HTTP {status}: credentials refused", status=status) from exc
+            raise
         body = next((c for c in root if isinstance(c.tag, str) and _local(c.tag) == "Body"), None) \
             if etree.QName(root).namespace in SOAP_ENV else None
         if body is None or not len(body):
             raise MalformedResponse(f"{operation}: the response has no SOAP Body", status=status)
         payload = body[0]
         if _local(payload.tag) == "Fault":
-            raise self._fault_error(operation, payload, status)
+            error = self._fault_error(operation, payload, status)
+            if status in (401, 403) and not isinstance(error, AuthError):
+                error = AuthError(error.message, status=status, detail=error.detail)
+            raise error
         if status >= 400:
             raise RemoteError(f"{operation}: HTTP {status}", status=status)
         result = _first(payload, response.get("result_path")) if response.get("result_path") else payload

@@ -280,3 +280,23 @@ def test_failed_search_status_becomes_remote_error(base_url, book):
     next(pages)
     with pytest.raises(RemoteError, match="INVALID_SEARCH_MORE"):
         next(pages)
+
+
+def test_http_401_becomes_auth_error(base_url, faults):
+    """An HTTP 401/403 answer is AuthError (not retried), whatever fault body comes with it."""
+    faults.push(Fault(status=401))
+    before = faults.served
+    with pytest.raises(AuthError) as caught:
+        next(connector(base_url).pull("customer", None))
+    assert caught.value.status == 401 and faults.served - before == 1
+
+
+def test_unknown_operation_in_the_preset_is_a_connector_error(base_url):
+    """A preset naming an operation the WSDL lacks fails clearly before any request is sent."""
+    from connectors.exceptions import ConnectorError
+
+    preset = load_preset()
+    preset["objects"]["customer"]["request"]["operation"] = "searchEverything"
+    conn = SoapConnector(preset, SANDBOX_CREDENTIALS, endpoint=f"{base_url}/services/NetSuitePort_2023_2")
+    with pytest.raises(ConnectorError, match="searchEverything"):
+        next(conn.pull("customer", None))
