@@ -129,7 +129,8 @@ class SyncService:
     def run(self, full: bool = False, objects: Iterable[str] | None = None) -> SyncRun:
         wanted = list(objects) if objects else self.objects()
         cursors = {c.object_name: c for c in SyncCursor.select().where(SyncCursor.source == self.source)}
-        run = SyncRun.create(source=self.source, mode="full" if full else "incremental",
+        first = not any(c.cursor for c in cursors.values())
+        run = SyncRun.create(source=self.source, mode="full" if full or first else "incremental",
                              cursor_before={k: c.cursor.isoformat() if c.cursor else None for k, c in cursors.items()})
         totals = ObjectStats()
         per_object: dict[str, dict] = {}

@@ -1,0 +1,280 @@
+"""The ``arhub`` command line (click + rich). Composition root: ``bootstrap()``."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _ctx(migrate: bool = False):
+    from jobs.bootstrap import bootstrap
+
+    return bootstrap(migrate=migrate)
+
+
+@click.group()
+@click.version_option(package_name="arhub")
+def main() -> None:
+    """arhub: accounts-receivable sync hub between your ERP and Salesforce."""
+
+
+# --------------------------------------------------------------------- db
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply pending migrations (safe to run from several processes at once)."""
+    from middleware.migrations import current_version, upgrade
+
+    ctx = _ctx()
+    applied = upgrade(ctx.db)
+    if applied:
+        console.print(f"applied migrations {', '.join(map(str, applied))}; now at version {current_version(ctx.db)}")
+    else:
+        console.print(f"already at version {current_version(ctx.db)}: nothing to do")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Show the schema version and the latest known one."""
+    from middleware.migrations import current_version, head
+
+    ctx = _ctx()
+    console.print(f"database at version {current_version(ctx.db)}; latest is {head()}")
+
+
+@db.command("snapshot", hidden=True)
+@click.argument("version", type=int)
+def db_snapshot(version: int) -> None:
+    """(developers) Freeze the models' DDL as migration VERSION's snapshot, for both dialects."""
+    from peewee import PostgresqlDatabase, SqliteDatabase
+
+    from middleware.db import database
+    from middleware.migrations import write_snapshot
+
+    for dbo in (SqliteDatabase(":memory:"), PostgresqlDatabase("snapshot")):
+        database.initialize(dbo)
+        console.print(f"wrote {write_snapshot(version, dbo)}")
+
+
+# ----------------------------------------------------------------- sources
+@main.group()
+def source() -> None:
+    """ERP connections."""
+
+
+@source.command("add")
+@click.argument("name")
+@click.option("--preset", required=True, help="preset name (netsuite-2023_2, xero) or path to a YAML/JSON file")
+@click.option("--endpoint", help="override the preset's endpoint / base URL")
+@click.option("--credentials-file", type=click.File("r"), help="JSON file with the credentials (stored encrypted)")
+@click.option("--credential", "pairs", multiple=True, metavar="KEY=VALUE", help="a credential (repeatable)")
+@click.option("--reset-mappings", is_flag=True, help="replace edited field mappings with the preset's")
+def source_add(name, preset, endpoint, credentials_file, pairs, reset_mappings) -> None:
+    """Create or update source NAME from a preset."""
+    from jobs.sync import load_preset
+    from middleware.sources import configure_source
+
+    _ctx(migrate=True)
+    credentials = json.load(credentials_file) if credentials_file else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--credential")
+        credentials[key] = value
+    src = configure_source(name, load_preset(preset), endpoint=endpoint, credentials=credentials or None,
+                           replace_mappings=reset_mappings, actor="cli")
+    console.print(f"source {src.name!r} ({src.kind}, preset {src.preset}) saved; credentials encrypted")
+
+
+@source.command("list")
+def source_list() -> None:
+    """List sources with their last sync."""
+    from middleware.models import Source, SyncRun
+
+    _ctx()
+    table = Table("name", "kind", "preset", "endpoint", "last run", "status")
+    for src in Source.select().order_by(Source.name):
+        last = SyncRun.select().where(SyncRun.source == src).order_by(SyncRun.id.desc()).first()
+        table.add_row(src.name, src.kind, src.preset or "", src.endpoint or "(preset)",
+                      f"{last.started_at:%Y-%m-%d %H:%M}" if last else "never", last.status if last else "")
+    console.print(table)
+
+
+# -------------------------------------------------------------------- sync
+@main.group()
+def sync() -> None:
+    """Synchronise with the ERP."""
+
+
+def _summary(run) -> Table:
+    table = Table(title=f"sync run {run.id}: {run.source.name} ({run.mode}) - {run.status}")
+    for col in ("object", "fetched", "created", "updated", "unchanged", "rejected", "deleted"):
+        table.add_column(col, justify="left" if col == "object" else "right")
+    for name, stats in (run.objects or {}).items():
+        table.add_row(name, *(str(stats.get(k, 0)) for k in ("fetched", "created", "updated", "unchanged",
+                                                             "rejected", "deleted")))
+    table.add_row("total", *(str(getattr(run, k)) for k in ("fetched", "created", "updated", "unchanged",
+                                                           "rejected", "deleted")), style="bold")
+    return table
+
+
+def print_run(run) -> None:
+    console.print(_summary(run))
+    console.print(run.message or "")
+    for entry in run.errors or []:
+        kind = "error" if "error" in entry else "warning"
+        console.print(f"[{'red' if kind == 'error' else 'yellow'}]{kind}[/]: {entry.get('object')}: "
+                      f"{entry.get(kind)}")
+    if run.rejected:
+        console.print(f"{run.rejected} rejected record(s) kept with their raw payload: arhub sync rejects --run {run.id}")
+
+
+@sync.command("erp")
+@click.option("--source", "source_name", help="one source (default: every enabled ERP source)")
+@click.option("--full", is_flag=True, help="ignore the cursors and pull everything")
+def sync_erp(source_name, full) -> None:
+    """Pull customers, invoices, credit memos, payments and rates from the ERP."""
+    from jobs.sync import run_sync
+    from middleware.models import Source
+
+    _ctx(migrate=True)
+    names = [source_name] if source_name else [s.name for s in Source.select().where(
+        Source.enabled & Source.kind.in_(["soap", "rest"])).order_by(Source.name)]
+    if not names:
+        raise click.ClickException("no ERP source configured: arhub source add NAME --preset ...")
+    failed = False
+    for name in names:
+        with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+            tasks: dict[str, int] = {}
+
+            def report(obj, stats):
+                if obj not in tasks:
+                    tasks[obj] = progress.add_task(f"{name}/{obj}", total=None, detail="")
+                progress.update(tasks[obj], detail=f"{stats.fetched} fetched, {stats.created} new, "
+                                                   f"{stats.updated} changed, {stats.rejected} rejected")
+
+            run = run_sync(name, full=full, progress=report)
+        print_run(run)
+        failed = failed or run.status == "failed"
+    sys.exit(1 if failed else 0)
+
+
+@sync.command("rejects")
+@click.option("--run", "run_id", type=int, help="one sync run (default: the latest runs)")
+@click.option("--limit", default=20, show_default=True)
+def sync_rejects(run_id, limit) -> None:
+    """Show rejected records: which record, which field, why."""
+    from middleware.models import RejectedRecord
+
+    _ctx()
+    query = RejectedRecord.select().order_by(RejectedRecord.id.desc()).limit(limit)
+    if run_id:
+        query = query.where(RejectedRecord.run == run_id)
+    table = Table("run", "object", "record", "field", "reason")
+    for rej in query:
+        for reason in rej.reasons:
+            table.add_row(str(rej.run_id), rej.object_name, rej.external_id or "?", reason.get("field", ""),
+                          reason.get("message", ""))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------- fx
+@main.group()
+def fx() -> None:
+    """Exchange rates."""
+
+
+@fx.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def fx_import(path) -> None:
+    """Import rates from a CSV (date,currency,rate[,base]) or an ECB eurofxref XML file."""
+    from middleware import fx as fxmod
+
+    ctx = _ctx(migrate=True)
+    try:
+        count, currencies = fxmod.import_file(path, ctx.settings.reporting_currency)
+    except fxmod.FxImportError as exc:
+        raise click.ClickException(f"{path}: {exc}") from exc
+    console.print(f"imported {count} rates for {', '.join(sorted(currencies))} into "
+                  f"{ctx.settings.reporting_currency}; documents reconverted")
+
+
+# ----------------------------------------------------------------- sandbox
+@main.group()
+def sandbox() -> None:
+    """The ERP emulators (NetSuite SOAP, Xero REST) serving a generated book."""
+
+
+@sandbox.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True)
+@click.option("--customers", default=200, show_default=True)
+@click.option("--invoices", default=2000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+def sandbox_serve(host, port, customers, invoices, seed) -> None:
+    """Serve the sandboxes until interrupted."""
+    from connectors.sandbox.server import serve
+
+    serve(host=host, port=port, customers=customers, invoices=invoices, seed=seed)
+
+
+# -------------------------------------------------------------------- demo
+@main.command("demo")
+@click.option("--customers", default=2000, show_default=True)
+@click.option("--invoices", default=20000, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@click.option("--exit-after-sync", is_flag=True, help="stop once the first sync is done (for scripts)")
+def demo(customers, invoices, seed, exit_after_sync) -> None:
+    """Run the embedded stack with sample data: sandboxes, SQLite, embedded Redis, one RQ worker."""
+    from jobs.demo import run_demo
+
+    sys.exit(run_demo(customers=customers, invoices=invoices, seed=seed, exit_after_sync=exit_after_sync,
+                      console=console))
+
+
+# ------------------------------------------------------------------- bench
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures and ratios (recorded in docs/benchmarks.md)."""
+
+
+@bench.command("ingest")
+@click.option("--path", "path", type=click.Choice(["rest", "soap"]), required=True)
+@click.option("--customers", default=15000, show_default=True)
+@click.option("--invoices", default=100000, show_default=True)
+@click.option("--changed", default=11000, show_default=True, help="invoices changed before the incremental sync")
+@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+              help="server for --db postgres (a scratch database is created and dropped)")
+@click.option("--json", "as_json", is_flag=True)
+def bench_ingest(path, customers, invoices, changed, db_kind, pg_url, as_json) -> None:
+    """Full sync then an incremental one, against the sandbox, with the floor measured in the same run."""
+    from jobs.bench import ingest
+
+    result = ingest(path=path, customers=customers, invoices=invoices, changed=changed, db_kind=db_kind,
+                    pg_url=pg_url, log=None if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        table = Table("figure", "value", title=f"ingest bench ({path}, {db_kind})")
+        for key, value in result.items():
+            table.add_row(key, str(value))
+        console.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
