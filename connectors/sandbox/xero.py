@@ -76,7 +76,7 @@ from urllib.parse import urlencode
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
-from connectors.sandbox.book import BASE_CURRENCY, CURRENCIES, Book
+from connectors.sandbox.book import CURRENCIES, Book
 from connectors.sandbox.faults import Faults
 
 UTC = timezone.utc
@@ -1010,4 +1010,4 @@ def make_app(book: Book, *, faults: Faults | None = None, credentials: dict | No
     return XeroApp(book, faults=faults, credentials=credentials)
 
 
-__all__ = ["SANDBOX_CREDENTIALS", "XeroApp", "make_app", "ms_date", "ms_datetime", "xero_id", "BASE_CURRENCY"]
+__all__ = ["SANDBOX_CREDENTIALS", "XeroApp", "make_app", "ms_date", "ms_datetime", "xero_id"]

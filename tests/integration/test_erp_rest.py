@@ -11,7 +11,6 @@ request still goes through requests, a socket and the werkzeug server.
 """
 from __future__ import annotations
 
-import copy
 import logging
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
