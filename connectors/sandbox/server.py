@@ -20,6 +20,7 @@ Mounted paths:
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import threading
@@ -218,6 +219,7 @@ def serve(host: str = "127.0.0.1", port: int = 8765, customers: int = 200, invoi
           seed: int = 7) -> None:
     """Run the sandbox in the foreground until interrupted (``arhub sandbox serve``)."""
     book = Book(customers=customers, invoices=invoices, seed=seed)
+    gc.freeze()  # the book is long-lived: keep its millions of objects out of every GC pass
     server = make_server(host, port, make_sandbox_app(book), threaded=True)
     print(f"arhub sandbox on http://{host}:{server.server_address[1]} "
           f"(xero: /xero, netsuite: /netsuite, control: /_sandbox); "
