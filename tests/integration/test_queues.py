@@ -72,7 +72,7 @@ def test_embedded_server_survives_gc_and_is_shared_with_new_processes(settings):
     assert redis.Redis.from_url(url).ping()
 
 
-def test_get_queue_knows_only_the_four_queues(settings):
+def test_get_queue_knows_only_the_four_queues(redis_url, settings):
     """get_queue accepts sync, dunning, statements, default and rejects other names."""
     assert [get_queue(n, settings).name for n in QUEUE_NAMES] == ["sync", "dunning", "statements", "default"]
     with pytest.raises(ValueError, match="unknown queue"):
