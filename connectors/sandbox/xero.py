@@ -246,6 +246,9 @@ class _Endpoint:
     archived_param: bool = False
 
 
+_CONSTANT_FIELDS = {"Invoices": {"Type": "ACCREC"}, "CreditNotes": {"Type": "ACCRECCREDIT"},
+                    "Payments": {"PaymentType": "ACCRECPAYMENT"}, "Overpayments": {"Type": "RECEIVE-OVERPAYMENT"},
+                    "Contacts": {"IsCustomer": "true"}}
 _ENDPOINTS = {e.name: e for e in (
     _Endpoint("Contacts", ("customer",), archived_param=True),
     _Endpoint("Invoices", ("invoice", "customer", "payment", "credit_memo")),
@@ -577,6 +580,17 @@ class XeroApp:
                     else:
                         expanded.extend((i, n) for n in range(len(records[i].applications)))
                 live = expanded
+        # a clause on a field that is the same for the whole endpoint (Type=="ACCREC" on
+        # Invoices) keeps everything or nothing: decide it once
+        constant = _CONSTANT_FIELDS.get(name, {})
+        kept = []
+        for field, op, value in clauses:
+            if field in constant:
+                if (constant[field] == value) != (op == "=="):
+                    return []
+            else:
+                kept.append((field, op, value))
+        clauses = tuple(kept)
         if not (clauses or statuses or ids):
             return live
         fast = self._fast_fields(name)
@@ -597,7 +611,6 @@ class XeroApp:
         if ids:
             id_of = fast["_id"]
             checks.append(lambda k: id_of(k) in ids)
-        # constant clauses (e.g. Type=="ACCREC" on the Invoices endpoint) are dropped early
         result = []
         with book.lock:
             for k in live:

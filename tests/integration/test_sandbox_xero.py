@@ -431,3 +431,14 @@ def test_fast_invoice_serializer_matches_the_reference_renderer():
     app._sync_versions()  # noqa: SLF001 (the two renderers are private on purpose)
     for key in book.invoices:
         assert app._invoice_text(key) == _dumps(app._invoice(key))  # noqa: SLF001
+
+
+def test_where_on_the_endpoint_type_keeps_all_or_nothing(api):
+    """where=Type=="ACCREC" on Invoices keeps every invoice; Type=="ACCPAY" (bills) keeps none;
+    clauses combine with AND."""
+    every = api("Invoices")["Invoices"]
+    assert api("Invoices", {"where": 'Type=="ACCREC"'})["Invoices"] == every
+    assert api("Invoices", {"where": 'Type=="ACCPAY"'})["Invoices"] == []
+    assert api("Invoices", {"where": 'Type!="ACCREC"'})["Invoices"] == []
+    usd = api("Invoices", {"where": 'Type=="ACCREC" && CurrencyCode=="USD"'})["Invoices"]
+    assert usd and len(usd) == sum(r.get("CurrencyCode") == "USD" for r in every)
