@@ -182,6 +182,13 @@ def _text(el, path) -> str | None:
     return (found.text or "").strip()
 
 
+def _utc(value: datetime | None) -> datetime | None:
+    """An aware UTC datetime (a naive one is taken as UTC), so the request never means local time."""
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
+
+
 def _parse_datetime(text: str | None) -> datetime | None:
     if not text:
         return None
@@ -238,7 +245,7 @@ class SoapConnector:
             raise ConnectorError(f"preset has no request section for {object_name!r}")
         response = spec.get("response") or {}
         lists = frozenset(response.get("lists") or ())
-        ctx = {"since": since, "page": 1, "search_id": None}
+        ctx = {"since": _utc(since), "page": 1, "search_id": None}
         result, server_time = self._call(spec["operation"], spec.get("args") or {}, ctx, response)
         total_pages = self._total_pages(result, response)
         records = self._records(result, response, lists)
@@ -262,7 +269,7 @@ class SoapConnector:
         response = spec.get("response") or {}
         number, total_pages = 1, None
         while True:
-            ctx = {"since": since, "page": number, "search_id": None}
+            ctx = {"since": _utc(since), "page": number, "search_id": None}
             result, _ = self._call(spec["operation"], spec.get("args") or {}, ctx, response)
             total_pages = self._total_pages(result, response)
             items = _walk(result, response.get("records_path"))
