@@ -110,16 +110,20 @@ _SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd
 
 # ---------------------------------------------------------------------- formatting
 def _dt(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def _d(value: date) -> str:
-    return value.strftime("%Y-%m-%dT00:00:00Z")
+    return value.isoformat() + "T00:00:00Z"
+
+
+_QUANTUM = {code: Decimal(1).scaleb(-spec[2]) for code, spec in CURRENCIES.items()}
 
 
 def _money(amount: Decimal, currency: str) -> str:
-    digits = CURRENCIES[currency][2]
-    return str(amount.quantize(Decimal(1).scaleb(-digits)))
+    return str(amount.quantize(_QUANTUM[currency]))
 
 
 def _num(value: Decimal) -> str:
