@@ -21,7 +21,15 @@ UTC = timezone.utc
 PG_BATCH = 500
 
 
+def _identity(value):
+    return value
+
+
 def _sqlite_value(value):
+    return _SQLITE_CONVERT.get(type(value), _sqlite_slow)(value)
+
+
+def _sqlite_slow(value):
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, datetime):
@@ -33,6 +41,16 @@ def _sqlite_value(value):
     if isinstance(value, bool):
         return int(value)
     return value
+
+
+def _sqlite_datetime(value):
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ")
+
+
+_SQLITE_CONVERT = {str: _identity, int: _identity, type(None): _identity, float: _identity, Decimal: str,
+                   date: date.isoformat, datetime: _sqlite_datetime, bool: int}
 
 
 def _pg_value(value):

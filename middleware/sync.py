@@ -276,11 +276,13 @@ class SyncService:
     def _existing(self, model, ext_ids: list[str], *extra) -> dict[str, tuple]:
         """external_id → (id, content_hash, *extra) for the rows that exist."""
         out: dict[str, tuple] = {}
-        cols = [model.external_id, model.id, model.content_hash, *extra]
+        table = model._meta.table_name
+        cols = ", ".join(f'"{c}"' for c in ("external_id", "id", "content_hash", *extra))
         for start in range(0, len(ext_ids), 900):
             part = ext_ids[start:start + 900]
-            query = model.select(*cols).where((model.source == self.source.id) & model.external_id.in_(part))
-            for row in query.tuples():
+            sql = (f'SELECT {cols} FROM "{table}" WHERE "source_id" = {placeholders(1)} '
+                   f'AND "external_id" IN ({placeholders(len(part))})')
+            for row in database.execute_sql(sql, (self.source.id, *part)).fetchall():
                 out[row[0]] = row[1:]
         return out
 
