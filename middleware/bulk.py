@@ -90,7 +90,7 @@ def upsert(model, columns: Sequence[str], rows: Iterable[Sequence], conflict: Se
             count += len(batch)
     else:
         sql = _upsert_sql(table, columns, conflict, update, "?", 1)
-        data = [tuple(_sqlite_value(v) for v in row) for row in rows]
+        data = [tuple(map(_sqlite_value, row)) for row in rows]
         if data:
             db.cursor().executemany(sql, data)
         count = len(data)

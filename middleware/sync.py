@@ -31,13 +31,14 @@ from .models import (
     Application, Contact, CreditMemo, Currency, Customer, FieldMapping, FxRate, Invoice, Payment,
     RejectedRecord, RunStatus, Source, SyncCursor, SyncRun, utcnow,
 )
-from .schemas import SCHEMAS, flatten_messages, minor_units
+from .schemas import FAST_LOADERS, flatten_messages, minor_units
 
 log = logging.getLogger(__name__)
 
 #: canonical objects in dependency order (rates before documents, customers before invoices)
 OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "payment")
 CLOSED = ("voided", "deleted")
+ZERO = Decimal(0)
 DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}
 
 
@@ -86,7 +87,7 @@ def _mapping_for(source: Source, object_name: str) -> CompiledMapping:
 
 def validate_record(object_name: str, record: dict) -> tuple[dict | None, list[FieldError]]:
     try:
-        return SCHEMAS[object_name].load(record), []
+        return FAST_LOADERS[object_name].load(record), []
     except ValidationError as exc:
         return None, [FieldError(name, msg, None, _dig(record, name)) for name, msg in flatten_messages(exc.messages)]
 
@@ -120,6 +121,8 @@ class SyncService:
         self._customer_ids: dict[str, int] | None = None
         self._touched_invoices: set[str] = set()
         self.reconciliation_mismatches = 0
+        self.today = clock().date()
+        self._has_apps = Application.select().where(Application.source == source.id).exists()
 
     # ------------------------------------------------------------------ run
     def objects(self) -> list[str]:
@@ -160,6 +163,10 @@ class SyncService:
                 if name == "fx_rate":
                     self.rates = RateBook.load(self.reporting)
             self._finish_documents()
+            if self.reconciliation_mismatches:
+                errors.append({"object": "invoice", "warning": (
+                    f"{self.reconciliation_mismatches} invoice(s) have an open amount that differs from the ERP's "
+                    "own figure (erp_open_amount): a payment or credit applied in the ERP is not in the synced data")})
             status = RunStatus.SUCCEEDED
             if any("error" in e for e in errors):
                 status = RunStatus.FAILED if all(per_object.get(n, {}).get("error") for n in wanted) else RunStatus.PARTIAL
@@ -401,23 +408,44 @@ class SyncService:
             return 0, 0, unchanged
         now = utcnow()
         customers = self.customer_ids()
+        applied = self._applied([r["external_id"] for r, _, row in todo if row is not None or self._has_apps])
         cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",
-                "issue_date", "sent_date", "due_date", "status", "open_amount", "erp_open_amount", "po_number", "memo",
-                "amount_reporting", "fx_rate", "fx_rate_date", "fx_rate_source", "fx_missing",
-                "erp_modified_at", "content_hash", "deleted_at", "created_at", "updated_at")
+                "issue_date", "sent_date", "due_date", "status", "open_amount", "open_amount_reporting", "revalued_at",
+                "erp_open_amount", "po_number", "memo", "amount_reporting", "fx_rate", "fx_rate_date",
+                "fx_rate_source", "fx_missing", "erp_modified_at", "content_hash", "deleted_at", "created_at",
+                "updated_at")
         rows = []
         for r, digest, _ in todo:
-            status = r.get("status") or "open"
-            amount = r["amount"]
+            amount, currency = r["amount"], r["currency"]
+            status, open_amount, open_reporting = self._open_state(
+                amount, r.get("status") or "open", applied.get(r["external_id"], ZERO), currency)
             rows.append((self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
-                         r["customer_external_id"], r["currency"], amount, r["issue_date"], r.get("sent_date"),
-                         r["due_date"], status, Decimal(0) if status in CLOSED else amount, r.get("erp_open_amount"),
-                         r.get("po_number"), r.get("memo"), *self._convert(amount, r["currency"], r["issue_date"]),
+                         r["customer_external_id"], currency, amount, r["issue_date"], r.get("sent_date"),
+                         r["due_date"], status, open_amount, open_reporting, self.today, r.get("erp_open_amount"),
+                         r.get("po_number"), r.get("memo"), *self._convert(amount, currency, r["issue_date"]),
                          r.get("erp_modified_at"), digest, now if status == "deleted" else None, now, now))
-            self._touched_invoices.add(r["external_id"])
         upsert(Invoice, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
+
+    def _open_state(self, amount: Decimal, status: str, applied: Decimal, currency: str):
+        """(status, open amount, open amount at today's rate) from the amount and what was applied to it."""
+        open_amount = ZERO if status in CLOSED else max(amount - applied, ZERO)
+        if status not in CLOSED and status != "draft":
+            status = "paid" if open_amount == 0 and amount > 0 else "open"
+        conv = self.rates.convert(open_amount, currency, self.today) if self.rates else None
+        return status, open_amount, conv.amount if conv else None
+
+    def _applied(self, invoice_ext_ids: list[str]) -> dict[str, Decimal]:
+        """Σ applications per invoice (payments and credit memos), exact."""
+        applied: dict[str, Decimal] = defaultdict(Decimal)
+        for start in range(0, len(invoice_ext_ids), 900):
+            part = invoice_ext_ids[start:start + 900]
+            sql = (f'SELECT "invoice_external_id", "amount" FROM "application" WHERE "source_id" = {placeholders(1)} '
+                   f'AND "invoice_external_id" IN ({placeholders(len(part))})')
+            for ext, amount in database.execute_sql(sql, (self.source.id, *part)).fetchall():
+                applied[ext] += to_decimal(amount)
+        return applied
 
     def _write_settlements(self, model, kind: str, records: list[dict]) -> tuple[int, int, int]:
         todo, unchanged = self._classify(model, records)
@@ -463,6 +491,7 @@ class SyncService:
             self._touched_invoices.update(ext for (ext,) in old)
             (Application.delete().where((Application.source == self.source.id) & (Application.doc_kind == kind)
                                         & Application.doc_external_id.in_(part)).execute())
+        self._has_apps = self._has_apps or bool(apps)
         merged: dict[tuple, list] = {}
         for row in apps:  # one application per (document, invoice): amounts of repeated lines add up
             key = row[:4]
@@ -513,31 +542,22 @@ class SyncService:
             database.execute_sql(sql, (self.source.id,))
         touched = sorted(self._touched_invoices)
         self._touched_invoices = set()
-        today = utcnow().date()
-        mismatched = 0
         for start in range(0, len(touched), 900):
             part = touched[start:start + 900]
-            applied: dict[str, Decimal] = defaultdict(Decimal)
-            for ext, amount in (Application.select(Application.invoice_external_id, Application.amount)
-                                .where((Application.source == self.source.id)
-                                       & Application.invoice_external_id.in_(part)).tuples()):
-                applied[ext] += to_decimal(amount)
+            applied = self._applied(part)
+            sql = (f'SELECT "id", "external_id", "amount", "status", "currency", "open_amount" FROM "invoice" '
+                   f'WHERE "source_id" = {placeholders(1)} AND "external_id" IN ({placeholders(len(part))})')
             rows = []
-            for inv_id, ext, amount, status, currency, erp_open in (
-                    Invoice.select(Invoice.id, Invoice.external_id, Invoice.amount, Invoice.status, Invoice.currency,
-                                   Invoice.erp_open_amount)
-                    .where((Invoice.source == self.source.id) & Invoice.external_id.in_(part)).tuples()):
-                amount = to_decimal(amount)
-                open_amount = Decimal(0) if status in CLOSED else max(amount - applied[ext], Decimal(0))
-                if status not in CLOSED + ("draft",):
-                    status = "paid" if open_amount == 0 and amount > 0 else "open"
-                if erp_open is not None and to_decimal(erp_open) != open_amount:
-                    mismatched += 1
-                conv = self.rates.convert(open_amount, currency, today) if self.rates else None
-                rows.append((open_amount, status, conv.amount if conv else None, today, inv_id))
+            for inv_id, ext, amount, status, currency, old_open in database.execute_sql(
+                    sql, (self.source.id, *part)).fetchall():
+                new_status, open_amount, open_reporting = self._open_state(
+                    to_decimal(amount), status, applied.get(ext, ZERO), currency)
+                rows.append((open_amount, new_status, open_reporting, self.today, inv_id))
             with database.atomic():
                 update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
-        self.reconciliation_mismatches = mismatched
+        self.reconciliation_mismatches = Invoice.select().where(
+            (Invoice.source == self.source.id) & Invoice.erp_open_amount.is_null(False)
+            & (Invoice.erp_open_amount != Invoice.open_amount)).count()
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
     "currency": SyncService._write_currencies,
