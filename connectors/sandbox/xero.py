@@ -104,16 +104,23 @@ _RATE_PLACES = Decimal("0.000001")
 _QTY_PLACES = Decimal("0.0001")
 
 
+_HEX_VARIANT = {c: format((int(c, 16) & 0x3) | 0x8, "x") for c in "0123456789abcdef"}
+_KIND_HASH: dict[str, Any] = {}
+
+
 def xero_id(kind: str, *key: object) -> str:
     """The stable Xero uuid of a book record: ``uuid5(namespace, "kind:key...")``.
 
-    Computed like :func:`uuid.uuid5`, without building a UUID object (it is hot).
+    Computed like :func:`uuid.uuid5` (a test checks it), without building a UUID object: it is hot.
     """
-    digest = bytearray(hashlib.sha1(_NS_BYTES + ":".join([kind, *map(str, key)]).encode()).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    base = _KIND_HASH.get(kind)
+    if base is None:
+        base = _KIND_HASH[kind] = hashlib.sha1(_NS_BYTES + kind.encode())
+    h = base.copy()
+    if key:
+        h.update((":" + ":".join(map(str, key))).encode())
+    x = h.hexdigest()
+    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_HEX_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
 def ms_date(day: date) -> str:
@@ -699,7 +706,7 @@ class XeroApp:
                     ck = ("O", k, pay.modified, pay.amount, self._customer_name(pay.customer_id))
                 text = cache.get(ck)
                 if text is None:
-                    text = self._invoice_text(k) if name == "Invoices" and k > 0 else _dumps(self._record(name, k))
+                    text = self._invoice_text(k, rev) if name == "Invoices" and k > 0 else _dumps(self._record(name, k))
                     cache[ck] = text
                 out.append(text)
         return out
@@ -765,7 +772,7 @@ class XeroApp:
         })
         return record
 
-    def _invoice_text(self, key: int) -> str:
+    def _invoice_text(self, key: int, rev: dict | None = None) -> str:
         """The JSON text of a live invoice, written directly (the hot path of a big pull).
 
         Writes exactly what ``_dumps(self._invoice(key))`` writes (a test holds it to that);
@@ -777,7 +784,7 @@ class XeroApp:
         fmt = _MONEY_FORMAT.get(cur, ".2f")
         zero = format(Decimal(0), fmt)
         payments, credits, last_paid = [], [], None
-        for src, rid, n in self._applications().get(inv.id, ()):
+        for src, rid, n in (rev if rev is not None else self._applications()).get(inv.id, ()):
             if src == "p":
                 pay = book.payments.get(rid)
                 if pay is None:

@@ -442,3 +442,12 @@ def test_where_on_the_endpoint_type_keeps_all_or_nothing(api):
     assert api("Invoices", {"where": 'Type!="ACCREC"'})["Invoices"] == []
     usd = api("Invoices", {"where": 'Type=="ACCREC" && CurrencyCode=="USD"'})["Invoices"]
     assert usd and len(usd) == sum(r.get("CurrencyCode") == "USD" for r in every)
+
+
+def test_ids_are_uuid5_of_the_book_ids():
+    """Xero ids are uuid5 of "kind:book id" in the emulator's namespace: stable across runs and books."""
+    import uuid
+
+    from connectors.sandbox.xero import _NS
+    for key in (("invoice", 5), ("payment", 3, 0), ("customer", 123456), ("line", 7, 2), ("account",)):
+        assert xero_id(*key) == str(uuid.uuid5(_NS, ":".join(map(str, key))))
