@@ -164,3 +164,12 @@ def test_get_settings_is_cached_until_reset(tmp_path, monkeypatch):
         assert isinstance(first, Settings)
     finally:
         reset_settings()
+
+
+def test_templates_dir_is_the_shipped_templates_directory():
+    """templates_dir() locates the templates/ directory (the arhub_templates data package)."""
+    from middleware.settings import templates_dir
+
+    path = templates_dir()
+    assert path.is_dir()
+    assert (path / "README.md").is_file()
