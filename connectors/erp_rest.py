@@ -21,6 +21,15 @@ Transport behaviour:
 
 Secrets (credentials, tokens) never appear in ``repr``, exceptions or logs; logs name the
 object, page and URL path only (query strings can carry keys).
+
+Preset keys beyond the contract document's example (all optional):
+``auth.client_auth`` (``basic`` | ``body``: how the OAuth client authenticates, default basic),
+``auth.query`` (API key as a query parameter instead of a header),
+``pagination.total_pages_path`` (or per request), ``modified_since.format`` ``iso-z`` / ``epoch`` /
+``epoch_ms``, per-request ``pagination`` and ``headers`` overrides (e.g. ``style: none`` for an
+unpaged endpoint), and an ``objects.<name>.deleted`` section for REST APIs with a deletions
+endpoint. The token URL can be overridden by the ``token_url`` argument or
+``credentials["token_url"]`` (a sandbox), and may be relative to the base URL.
 """
 from __future__ import annotations
 
@@ -342,9 +351,9 @@ class RestConnector:
 
     @staticmethod
     def _where(url: str) -> str:
-        """A URL without its query string (which may carry keys)."""
+        """A URL without user info and query string (either may carry secrets)."""
         parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}{parts.path}"
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
 
     # ------------------------------------------------------------------ HTTP
     def _get_json(self, object_name: str, number: int, url: str, params: dict | None,
