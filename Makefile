@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.arhub-installed
 # worker), Redis (one leased db number per worker) and var dirs. Override with
 # `make test PYTEST_ARGS=` for a serial run, or add -k / -x etc.
 PYTEST_ARGS ?= -n 2
-# Benchmarks: none run unless asked (`make bench BENCH=1`).
+# Benchmarks: none run unless named: `make bench BENCH="tests.integration.bench_soap connector 10000"`.
 BENCH ?=
 
 .PHONY: demo test bench lint check-system install clean-venv
@@ -33,9 +33,11 @@ test: check-system $(STAMP)
 
 bench: check-system $(STAMP)
 	@if [ -z "$(BENCH)" ]; then \
-	    echo "make bench: nothing heavy runs by default; use 'make bench BENCH=1' to run tests marked slow"; \
+	    echo "make bench: nothing heavy runs by default. Benchmarks (tests/**/bench_*.py):"; \
+	    find tests -name 'bench_*.py' | sed 's|/|.|g; s|\.py$$||; s|^|  make bench BENCH="|; s|$$| <args>"|'; \
+	    echo "Each module's docstring lists its arguments."; \
 	else \
-	    $(BIN)/python -m pytest -m slow tests/; \
+	    $(BIN)/python -m $(BENCH); \
 	fi
 
 lint: $(STAMP)
