@@ -191,6 +191,11 @@ def parse_since(value: str | None) -> datetime | None:
     return stamp.astimezone(UTC)
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison that also accepts non-ASCII text."""
+    return secrets.compare_digest(str(given).encode(), str(expected).encode())
+
+
 def _error(number: int, kind: str, message: str) -> dict:
     return {"ErrorNumber": number, "Type": kind, "Message": message}
 
@@ -362,8 +367,8 @@ class XeroApp:
         if form.get("grant_type") != "client_credentials":
             raise _Problem(400, {"error": "unsupported_grant_type"})
         if not (client_id and client_secret
-                and secrets.compare_digest(client_id, self.client_id)
-                and secrets.compare_digest(client_secret, self.client_secret)):
+                and _same(client_id, self.client_id)
+                and _same(client_secret, self.client_secret)):
             raise _Problem(400, {"error": "invalid_client"})
         token = secrets.token_urlsafe(32)
         with self._lock:
@@ -378,12 +383,12 @@ class XeroApp:
         auth = request.headers.get("Authorization", "")
         scheme, _, value = auth.partition(" ")
         if self.api_key and request.headers.get(self.api_key["header"]) is not None:
-            if secrets.compare_digest(request.headers[self.api_key["header"]], self.api_key["key"]):
+            if _same(request.headers[self.api_key["header"]], self.api_key["key"]):
                 return
             raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"))
         if scheme.lower() == "basic" and self.basic and request.authorization is not None:
-            if (secrets.compare_digest(request.authorization.username or "", self.basic["username"])
-                    and secrets.compare_digest(request.authorization.password or "", self.basic["password"])):
+            if (_same(request.authorization.username or "", self.basic["username"])
+                    and _same(request.authorization.password or "", self.basic["password"])):
                 return
             raise _Problem(401, _problem(401, "Unauthorized", "AuthenticationUnsuccessful"))
         if scheme.lower() != "bearer" or not value:
