@@ -498,8 +498,9 @@ class NetSuiteEmulator:
         chunk = snapshot.keys[(page - 1) * size: page * size]
         parts = []
         with self.book.lock:
+            tables = {kind: self.book.records(kind) for kind in {k for k, _ in chunk}}
             for kind, rid in chunk:
-                rec = self.book.records(kind).get(rid)
+                rec = tables[kind].get(rid)
                 if rec is not None:  # deleted since the snapshot: NetSuite skips it
                     parts.append(self._render(kind, rid, rec))
         if fault is not None and fault.body == "duplicate" and parts:
