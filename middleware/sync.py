@@ -64,9 +64,10 @@ class ObjectStats:
     pages: int = 0
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    hold_cursor: bool = False  # something may have been missed: keep the cursor where it was
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [], 0) or k in ("fetched",)}
+        return {k: v for k, v in self.__dict__.items() if v not in (None, [], 0, False) or k in ("fetched",)}
 
 
 def content_hash(record: dict) -> str:
@@ -200,13 +201,22 @@ class SyncService:
             raise SyncError("; ".join(f"mapping {name}.{e.field}: {e.message}" for e in mapping.errors))
         started = self.clock()
         server_start: datetime | None = None
-        seen: set[str] = set()
+        seen: dict[str, Any] = {}  # external id → the ERP's modified stamp, for this pull
         unmatched: set[str] | None = None
-        for page in self.connector.pull(name, since):
+        first_size = None
+        for page, number, keyset in self._pages(name, since, mapping):
             stats.pages += 1
             if server_start is None and getattr(page, "server_time", None):
                 server_start = page.server_time
-            records = [r for r in page.records if isinstance(r, dict) and mapping.wants(r)] if mapping.filter else list(page.records)
+            records = list(page.records)
+            total = getattr(page, "total_pages", None)
+            if first_size is None:
+                first_size = len(records)
+            elif total and number < total and len(records) < first_size and not keyset:
+                stats.hold_cursor = True
+                stats.warnings.append(
+                    f"{name}: page {number} of {total} had {len(records)} records, not {first_size}: a record "
+                    "vanished between pages (deleted or moved); the cursor stays so the next sync looks again")
             if unmatched is None or unmatched:
                 unmatched = set(mapping.unmatched([r for r in records if isinstance(r, dict)], among=unmatched))
             for start in range(0, len(records), self.chunk_size):
@@ -221,10 +231,10 @@ class SyncService:
             stats.deleted += self._apply_deletions(name, batch)
         # the data is committed: now (and only now) the cursor moves
         begin = min(started, server_start) if server_start else started
-        new_cursor = begin - self.overlap
+        new_cursor = since if stats.hold_cursor else begin - self.overlap
         with database.atomic():
             cursor, _ = SyncCursor.get_or_create(source=self.source, object_name=name)
-            if cursor.cursor and not full and cursor.cursor > new_cursor:
+            if cursor.cursor and not full and (new_cursor is None or cursor.cursor > new_cursor):
                 new_cursor = cursor.cursor
             cursor.cursor = new_cursor
             cursor.deleted_cursor = deleted_started - self.overlap
@@ -232,8 +242,54 @@ class SyncService:
             cursor.save()
         return new_cursor
 
+    def _pages(self, name: str, since: datetime | None, mapping: CompiledMapping) -> Iterator[tuple[Any, int, bool]]:
+        """The connector's pages; with ``paging: keyset`` each request starts at the newest stamp seen.
+
+        Offset or page-number paging over a list sorted by modification time skips a
+        record whenever another one, modified mid-pull, moves from an earlier page to the
+        end. Keyset paging asks again "modified since the newest stamp I have", so what
+        moves is fetched again and nothing shifts out of view.
+        """
+        obj_cfg = (self.source.config.get("objects") or {}).get(name) or {}
+        if obj_cfg.get("paging") != "keyset":
+            for page in self.connector.pull(name, since):
+                yield page, page.number, False
+            return
+        stamp = next((f for f in mapping.fields if f.name == "erp_modified_at"), None)
+        if stamp is None:
+            raise SyncError(f"{name}: keyset paging needs a mapping for erp_modified_at")
+        number = 0
+        while True:
+            pages = self.connector.pull(name, since)
+            try:
+                page = next(pages, None)
+                if page is None:
+                    return
+                newest = since
+                for raw in page.records:
+                    try:
+                        value = stamp.convert(stamp.getter(raw)) if isinstance(raw, dict) else None
+                    except (ValueError, TypeError, ArithmeticError):
+                        value = None
+                    if isinstance(value, datetime) and (newest is None or value > newest):
+                        newest = value
+                number += 1
+                yield page, number, True
+                total = getattr(page, "total_pages", None)
+                if not page.records or (total is not None and total <= 1):
+                    return
+                if newest is None or (since is not None and newest <= since):
+                    # a whole page shares one stamp: page on from here the ordinary way
+                    for rest in pages:
+                        number += 1
+                        yield rest, number, True
+                    return
+                since = newest
+            finally:
+                pages.close()
+
     def _process_chunk(self, run: SyncRun, name: str, mapping: CompiledMapping, raws: list[dict],
-                       seen: set[str], stats: ObjectStats) -> None:
+                       seen: dict[str, Any], stats: ObjectStats) -> None:
         good: dict[str, dict] = {}
         deletions: list[dict] = []
         rejects: list[tuple[str | None, dict, list[FieldError]]] = []
@@ -256,14 +312,17 @@ class SyncService:
                 rejects.append((ext_id, raw, errors))
                 continue
             key = _ext_id(name, record)
-            if key in good or key in seen:
+            stamp = record.get("erp_modified_at")
+            if key in seen and seen[key] == stamp and stamp is not None:
+                continue  # fetched again by an overlapping request, unchanged: nothing to do
+            if key in good:
                 stats.duplicates += 1
-                stats.warnings.append(f"{name} {key} came twice in one pull; kept the latest")
-                previous = good.get(key)
-                if previous and _newer(previous, record):
+                stats.warnings.append(f"{name} {key} came twice in one page; kept the latest")
+                if _newer(good[key], record):
                     continue
             good[key] = record
-        seen.update(good)
+        for key, record in good.items():
+            seen[key] = record.get("erp_modified_at")
         if deletions:
             stats.deleted += self._apply_deletions(name, deletions)
         with database.atomic():
