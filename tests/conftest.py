@@ -224,6 +224,15 @@ def redis_url(_redis_server):
     return _redis_server
 
 
+@pytest.fixture
+def real_redis_url(redis_url):
+    """Like ``redis_url`` but only a real server on 127.0.0.1:6379 (never the embedded
+    fallback): skipped, or failed under ARHUB_REQUIRE_SERVICES=1, when there is none."""
+    if not redis_url.startswith("redis://"):
+        service_missing("Redis", f"nothing answers on {REDIS_HOST}:{REDIS_PORT}")
+    return redis_url
+
+
 # -- rq workers -------------------------------------------------------------------
 
 

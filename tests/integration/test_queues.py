@@ -31,11 +31,9 @@ def _roundtrip(settings, start_rq_worker, wait_until, tmp_path):
     return worker
 
 
-def test_job_runs_in_rq_worker_on_real_redis(redis_url, settings, start_rq_worker, wait_until, tmp_path):
+def test_job_runs_in_rq_worker_on_real_redis(real_redis_url, settings, start_rq_worker, wait_until, tmp_path):
     """A job enqueued on 127.0.0.1:6379 is executed by a separate `rq worker` process."""
-    if not redis_url.startswith("redis://"):
-        pytest.skip("no Redis server on 127.0.0.1:6379; the embedded variant is covered below")
-    assert settings.redis_url == redis_url
+    assert settings.redis_url == real_redis_url
     _roundtrip(settings, start_rq_worker, wait_until, tmp_path)
 
 
