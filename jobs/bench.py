@@ -97,7 +97,7 @@ def _floor_fetch_rest(sandbox, creds) -> tuple[float, float, int]:
 
 def _floor_write(source_id: int) -> float:
     """A raw executemany upsert of the stored invoice rows into the same table."""
-    from middleware.bulk import _sqlite_value, _upsert_sql
+    from middleware.bulk import _upsert_sql
     from middleware.db import database, is_postgres
 
     db = database.obj
@@ -118,7 +118,7 @@ def _floor_write(source_id: int) -> float:
             values_sql = sql.replace("VALUES (" + ", ".join([ph] * len(cols)) + ")", "VALUES %s")
             execute_values(cursor, values_sql, rows, page_size=1000)
         else:
-            cursor.executemany(sql, [tuple(_sqlite_value(v) for v in row) for row in rows])
+            cursor.executemany(sql, rows)
     return time.perf_counter() - t0
 
 

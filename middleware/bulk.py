@@ -3,7 +3,9 @@
 peewee builds and runs queries everywhere else; here, per-row model objects and
 per-query SQL generation would cost more than the database itself, so the upsert
 statement is built once per (table, columns) and run with ``executemany`` on SQLite
-and as multi-row ``VALUES`` batches on PostgreSQL. Callers hold the transaction
+and as multi-row ``VALUES`` batches on PostgreSQL. SQLite gets Python values as they are:
+``middleware.db.connect`` registers sqlite3 adapters for ``Decimal`` (exact text), ``date``
+and ``datetime`` (naive UTC), so no per-value conversion runs in Python. Callers hold the transaction
 (``with db.atomic():``).
 """
 from __future__ import annotations
@@ -19,38 +21,6 @@ from .db import database, is_postgres
 
 UTC = timezone.utc
 PG_BATCH = 500
-
-
-def _identity(value):
-    return value
-
-
-def _sqlite_value(value):
-    return _SQLITE_CONVERT.get(type(value), _sqlite_slow)(value)
-
-
-def _sqlite_slow(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(UTC).replace(tzinfo=None)
-        return value.isoformat(" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _sqlite_datetime(value):
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat(" ")
-
-
-_SQLITE_CONVERT = {str: _identity, int: _identity, type(None): _identity, float: _identity, Decimal: str,
-                   date: date.isoformat, datetime: _sqlite_datetime, bool: int}
 
 
 def _pg_value(value):
@@ -90,7 +60,7 @@ def upsert(model, columns: Sequence[str], rows: Iterable[Sequence], conflict: Se
             count += len(batch)
     else:
         sql = _upsert_sql(table, columns, conflict, update, "?", 1)
-        data = [tuple(map(_sqlite_value, row)) for row in rows]
+        data = rows if isinstance(rows, list) else list(rows)  # adapters registered by db.connect
         if data:
             db.cursor().executemany(sql, data)
         count = len(data)
@@ -105,8 +75,10 @@ def update_many(model, key_columns: Sequence[str], set_columns: Sequence[str], r
     sets = ", ".join(f'"{c}" = {ph}' for c in set_columns)
     where = " AND ".join(f'"{c}" = {ph}' for c in key_columns)
     sql = f'UPDATE "{table}" SET {sets} WHERE {where}'
-    convert = _pg_value if is_postgres(db) else _sqlite_value
-    data = [tuple(convert(v) for v in row) for row in rows]
+    if is_postgres(db):
+        data = [tuple(map(_pg_value, row)) for row in rows]
+    else:  # sqlite3 adapters for Decimal, date and datetime are registered by db.connect
+        data = rows if isinstance(rows, list) else list(rows)
     if data:
         db.cursor().executemany(sql, data)
     return len(data)

@@ -7,6 +7,9 @@ the web process, the workers and the CLI can share one file.
 from __future__ import annotations
 
 import os
+import sqlite3
+from datetime import date, datetime, timezone
+from decimal import Decimal
 from urllib.parse import urlparse
 
 from peewee import DatabaseProxy, PostgresqlDatabase, SqliteDatabase
@@ -24,6 +27,19 @@ SQLITE_PRAGMAS = (
 )
 
 
+def _adapt_datetime(value: datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(timezone.utc).replace(tzinfo=None)
+    return value.isoformat(" ")
+
+
+def register_sqlite_adapters() -> None:
+    """Decimal as exact text, dates ISO, datetimes as naive UTC: what peewee's fields read back."""
+    sqlite3.register_adapter(Decimal, str)
+    sqlite3.register_adapter(date, date.isoformat)
+    sqlite3.register_adapter(datetime, _adapt_datetime)
+
+
 def connect(url: str):
     """Create the peewee database for ``url`` and bind the module-level proxy to it."""
     scheme = urlparse(url).scheme
@@ -31,6 +47,7 @@ def connect(url: str):
         path = url.split(":///", 1)[1] if ":///" in url else ":memory:"
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        register_sqlite_adapters()
         db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30)
     elif scheme in ("postgres", "postgresql"):
         db = _connect_url(url.replace("postgres://", "postgresql://", 1))

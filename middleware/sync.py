@@ -260,7 +260,7 @@ class SyncService:
             raise SyncError(f"{name}: keyset paging needs a mapping for erp_modified_at")
         number = 0
         while True:
-            pages = self.connector.pull(name, since)
+            pages = iter(self.connector.pull(name, since))
             try:
                 page = next(pages, None)
                 if page is None:
@@ -286,7 +286,9 @@ class SyncService:
                     return
                 since = newest
             finally:
-                pages.close()
+                close = getattr(pages, "close", None)
+                if close is not None:
+                    close()
 
     def _process_chunk(self, run: SyncRun, name: str, mapping: CompiledMapping, raws: list[dict],
                        seen: dict[str, Any], stats: ObjectStats) -> None:
