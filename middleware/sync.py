@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -204,7 +206,7 @@ class SyncService:
         seen: dict[str, Any] = {}  # external id → the ERP's modified stamp, for this pull
         unmatched: set[str] | None = None
         first_size = None
-        for page, number, keyset in self._pages(name, since, mapping):
+        for page, number, keyset in prefetch(self._pages(name, since, mapping)):
             stats.pages += 1
             if server_start is None and getattr(page, "server_time", None):
                 server_start = page.server_time
@@ -638,6 +640,60 @@ def _ext_id(name: str, record: dict) -> str | None:
         return f"{record.get('currency')}@{day}" if day else None
     value = record.get("external_id")
     return None if value is None else str(value)
+
+
+class _Done:
+    pass
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead of the consumer.
+
+    The ERP answers the next page while we map and write the current one. Only the
+    connector runs in the thread (network and parsing); the database stays on the
+    consumer's thread. Errors are re-raised in the consumer; stopping early stops the thread.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        iterator = iter(iterable)
+        try:
+            for item in iterator:
+                while not stop.is_set():
+                    try:
+                        items.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            items.put((_Done, exc))
+            return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        items.put((_Done, None))
+
+    worker = threading.Thread(target=produce, name="arhub-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = items.get()
+            if item is _Done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.05)
 
 
 def _newer(a: dict, b: dict) -> bool:
