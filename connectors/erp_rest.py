@@ -37,7 +37,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import dataclass
+
 from datetime import datetime, timezone
 from decimal import Decimal
 from email.utils import format_datetime, parsedate_to_datetime
@@ -46,6 +46,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from connectors.base import Page, SampleMixin
 from connectors.exceptions import (AuthError, ConnectorError, ConnectorTimeout, MalformedResponse, RateLimited,
                                    RemoteError)
 
@@ -54,15 +55,6 @@ UTC = timezone.utc
 _PLACEHOLDER = re.compile(r"\{credentials\.([A-Za-z0-9_]+)\}")
 _MS_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
 _LINK_NEXT = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?', re.IGNORECASE)
-
-
-@dataclass
-class Page:
-    """One page of raw records (see docs/connector-contract.md)."""
-    records: list[dict]
-    number: int
-    total_pages: int | None
-    server_time: datetime | None = None
 
 
 def dig(data: Any, path: str | None) -> Any:
@@ -127,7 +119,7 @@ class _Token:
         return "_Token(<redacted>)"
 
 
-class RestConnector:
+class RestConnector(SampleMixin):
     """Pull records from a REST/JSON ERP described by a preset.
 
     ``preset``: the parsed preset (``connection``, ``objects``); ``credentials``: a dict of
@@ -196,15 +188,6 @@ class RestConnector:
                              "type": None if kind is _MISSING else str(kind)})
             if rows:
                 yield rows
-
-    def sample(self, object_name: str) -> dict | None:
-        """The first record of ``object_name`` (for a mapping preview), or None."""
-        pages = self.pull(object_name, None)
-        try:
-            first = next(pages, None)
-        finally:
-            pages.close()
-        return first.records[0] if first and first.records else None
 
     def close(self) -> None:
         self._token = None

@@ -18,7 +18,7 @@ import logging
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from lxml import etree
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
+from connectors.base import Page, SampleMixin
 from connectors.exceptions import (AuthError, ConnectorError, ConnectorTimeout, MalformedResponse, RateLimited,
                                    RemoteError, UnsafeXml)
 
@@ -57,15 +58,6 @@ class _RedactEnvelopes(logging.Filter):
 _zeep_transport_log = logging.getLogger("zeep.transports")
 if not any(isinstance(f, _RedactEnvelopes) for f in _zeep_transport_log.filters):
     _zeep_transport_log.addFilter(_RedactEnvelopes())
-
-
-@dataclass
-class Page:
-    """One page of raw records (see docs/connector-contract.md)."""
-    records: list[dict]
-    number: int
-    total_pages: int | None
-    server_time: datetime | None = None
 
 
 def _safe_parser() -> etree.XMLParser:
@@ -196,7 +188,7 @@ def _parse_datetime(text: str | None) -> datetime | None:
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC)
 
 
-class SoapConnector:
+class SoapConnector(SampleMixin):
     """Pull records from a SOAP ERP described by a preset.
 
     ``preset``: the parsed preset (``connection``, ``objects``); ``credentials``: a dict of
@@ -283,15 +275,6 @@ class SoapConnector:
             if not rows or total_pages is None or number >= total_pages:
                 return
             number += 1
-
-    def sample(self, object_name: str) -> dict | None:
-        """The first record of ``object_name`` (for a mapping preview), or None."""
-        pages = self.pull(object_name, None)
-        try:
-            first = next(pages, None)
-        finally:
-            pages.close()
-        return first.records[0] if first and first.records else None
 
     def close(self) -> None:
         if self._owns_session:
