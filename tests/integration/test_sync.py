@@ -6,10 +6,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
-from connectors.sandbox.book import Book
 from connectors.sandbox.faults import Fault
 from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
-from connectors.sandbox.server import SandboxServer
 from jobs.sync import load_preset, make_connector, run_sync
 from middleware import fx
 from middleware.models import (
@@ -17,14 +15,6 @@ from middleware.models import (
 )
 from middleware.sources import configure_source
 
-AS_OF = date(2026, 11, 1)
-
-
-@pytest.fixture
-def sandbox():
-    book = Book(60, 600, seed=11, as_of=AS_OF)
-    with SandboxServer(book) as server:
-        yield server
 
 
 @pytest.fixture
@@ -198,3 +188,33 @@ def test_missing_fx_rate_flags_documents_until_a_rate_arrives(source, sandbox, t
         assert inv.amount_reporting == (inv.amount * Decimal("0.65")).quantize(Decimal("0.01"), ROUND_HALF_UP)
         assert inv.fx_rate_source == "file:rates.csv"
     assert FxRate.select().count() == 4
+
+
+def test_unsafe_xml_and_bad_credentials_end_as_errors_on_the_run(source, sandbox):
+    """A response with an external entity and a 401 each fail their object with a clear error; nothing leaks."""
+    sandbox.faults.push(Fault(body="external_entity", path="NetSuitePort", after=2))
+    run = sync(source, objects=["fx_rate", "customer"])
+    errors = [e for e in run.errors if "error" in e]
+    assert [e["object"] for e in errors] == ["customer"]
+    assert "UnsafeXml" in errors[0]["error"]
+    assert "root:" not in str(run.errors)  # /etc/passwd was never read
+    assert SyncCursor.get_or_none(SyncCursor.object_name == "customer") is None
+    src = Source.get_by_id(source.id)
+    bad = configure_source("netsuite", load_preset("netsuite-2023_2"), endpoint=src.endpoint,
+                           credentials=dict(SANDBOX_CREDENTIALS, token_secret="wrong"))
+    run = sync(bad, objects=["customer"])
+    assert run.status == "failed"
+    assert "AuthError" in run.errors[0]["error"]
+    assert "wrong" not in str(run.errors)  # the secret is not echoed
+
+
+def test_the_sync_job_runs_in_a_real_rq_worker(source, sandbox, settings, redis_url, start_rq_worker, wait_until):
+    """``jobs.sync.sync_erp`` enqueued on the sync queue is run by a real worker process into the same store."""
+    from jobs.queues import get_queue
+
+    start_rq_worker(queues=["sync"])
+    job = get_queue("sync", settings).enqueue("jobs.sync.sync_erp", "netsuite", job_timeout=300)
+    wait_until(lambda: job.get_status(refresh=True) in ("finished", "failed"), timeout=120, message="sync job")
+    assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else job
+    assert job.return_value()["status"] == "succeeded"
+    assert Invoice.select().count() == len(sandbox.book.invoices)

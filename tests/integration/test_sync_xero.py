@@ -1,7 +1,6 @@
 """ERP → store sync against the Xero REST emulator over real HTTP, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from datetime import date
 from decimal import Decimal
 
 import pytest
@@ -9,19 +8,10 @@ import pytest
 from connectors.sandbox import xero
 from connectors.sandbox.book import Book
 from connectors.sandbox.faults import Fault
-from connectors.sandbox.server import SandboxServer
 from jobs.sync import load_preset, make_connector, run_sync
 from middleware.models import Application, Contact, Customer, Invoice, Payment, RejectedRecord, Source, SyncCursor
 from middleware.sources import configure_source
 
-AS_OF = date(2026, 11, 1)
-
-
-@pytest.fixture
-def sandbox():
-    book = Book(60, 600, seed=11, as_of=AS_OF)
-    with SandboxServer(book) as server:
-        yield server
 
 
 def add_xero_source(sandbox, page_size: int | None = None) -> Source:
