@@ -599,6 +599,10 @@ class SyncService:
                        f'"{model._meta.table_name}"."customer_external_id") WHERE "customer_id" IS NULL AND '
                        f'"source_id" = {placeholders(1)}')
                 database.execute_sql(sql, (self.source.id,))
+            sql = ('UPDATE "customer" SET "parent_id" = (SELECT p."id" FROM "customer" p WHERE p."source_id" = '
+                   '"customer"."source_id" AND p."external_id" = "customer"."parent_external_id") WHERE "parent_id" '
+                   f'IS NULL AND "parent_external_id" IS NOT NULL AND "source_id" = {placeholders(1)}')
+            database.execute_sql(sql, (self.source.id,))
             sql = ('UPDATE "application" SET "invoice_id" = (SELECT i."id" FROM "invoice" i WHERE i."source_id" = '
                    '"application"."source_id" AND i."external_id" = "application"."invoice_external_id") '
                    f'WHERE "invoice_id" IS NULL AND "source_id" = {placeholders(1)}')
