@@ -192,6 +192,55 @@ def sync_rejects(run_id, limit) -> None:
     console.print(table)
 
 
+# ----------------------------------------------------------------- mapping
+@main.group()
+def mapping() -> None:
+    """Field mappings."""
+
+
+@mapping.command("preview")
+@click.option("--source", "source_name", required=True)
+@click.option("--object", "object_name", required=True,
+              type=click.Choice(["customer", "invoice", "credit_memo", "payment", "fx_rate", "currency"]))
+@click.option("--sample-file", type=click.File("r"), help="a raw record as JSON (default: fetch one from the ERP)")
+def mapping_preview(source_name, object_name, sample_file) -> None:
+    """Show what the source's mapping makes of one raw record, with every per-field error."""
+    from jobs.sync import make_connector
+    from middleware.mapping import FieldSpec, preview
+    from middleware.models import FieldMapping, Source
+    from middleware.sync import validate_record
+
+    _ctx()
+    src = Source.get_or_none(Source.name == source_name)
+    if src is None:
+        raise click.ClickException(f"no source named {source_name!r}")
+    if sample_file:
+        sample = json.load(sample_file)
+    else:
+        connector = make_connector(src)
+        try:
+            sample = connector.sample(object_name)
+        finally:
+            connector.close()
+        if sample is None:
+            raise click.ClickException(f"{source_name} has no {object_name} record to preview")
+    specs = [FieldSpec.from_row(r) for r in FieldMapping.select().where(
+        (FieldMapping.source == src) & (FieldMapping.object_name == object_name) & FieldMapping.enabled)
+        .order_by(FieldMapping.position)]
+    result = preview(specs, sample, object_name, src.config.get("lookups"),
+                     validate=lambda rec: validate_record(object_name, rec)[1])
+    table = Table("canonical field", "value", title=f"{source_name} {object_name} preview")
+    for key, value in result["record"].items():
+        table.add_row(key, repr(value))
+    console.print(table)
+    for error in result["errors"]:
+        console.print(f"[red]error[/] {error['field']}: {error['message']}"
+                      + (f" (path {error['path']})" if error.get("path") else ""))
+    for path in result["unmatched_paths"]:
+        console.print(f"[yellow]unmatched[/] source path {path!r} matched nothing in this record")
+    sys.exit(0 if result["ok"] else 1)
+
+
 # ---------------------------------------------------------------------- fx
 @main.group()
 def fx() -> None:

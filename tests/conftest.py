@@ -304,3 +304,15 @@ def wait_until():
     """``wait_until(predicate, timeout=15, message=...)``: poll until ``predicate()`` is
     truthy and return its value, or fail the test after ``timeout`` seconds."""
     return _wait_until
+
+
+@pytest.fixture
+def sandbox():
+    """Both ERP emulators serving a small generated book (60 customers, 600 invoices) on loopback."""
+    from datetime import date
+
+    from connectors.sandbox.book import Book
+    from connectors.sandbox.server import SandboxServer
+
+    with SandboxServer(Book(60, 600, seed=11, as_of=date(2026, 11, 1))) as server:
+        yield server

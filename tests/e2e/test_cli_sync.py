@@ -161,3 +161,25 @@ def test_a_sync_killed_midway_and_rerun_equals_an_uninterrupted_sync(tmp_path):
     assert recovered[0] == uninterrupted[0], "invoices differ"
     assert recovered[1] == uninterrupted[1], "payments differ"
     assert recovered[2] == uninterrupted[2], "applications differ"
+
+
+def test_mapping_preview_shows_the_record_and_names_the_broken_field(tmp_path, settings, db, sandbox):
+    """``arhub mapping preview`` fetches a sample from the ERP, shows the canonical record, and names a bad path."""
+    from click.testing import CliRunner
+
+    from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
+    from jobs.cli import main
+    from jobs.sync import load_preset
+    from middleware.models import FieldMapping
+    from middleware.sources import configure_source
+
+    configure_source("netsuite", load_preset("netsuite-2023_2"),
+                     endpoint=sandbox.netsuite_url + "/services/NetSuitePort_2023_2", credentials=SANDBOX_CREDENTIALS)
+    runner = CliRunner()
+    ok = runner.invoke(main, ["mapping", "preview", "--source", "netsuite", "--object", "invoice"])
+    assert ok.exit_code == 0, ok.output
+    assert "due_date" in ok.output and "datetime.date(" in ok.output
+    FieldMapping.update(transform="decimal").where(FieldMapping.canonical_field == "due_date").execute()
+    broken = runner.invoke(main, ["mapping", "preview", "--source", "netsuite", "--object", "invoice"])
+    assert broken.exit_code == 1
+    assert "error due_date: not a number (path dueDate)" in broken.output

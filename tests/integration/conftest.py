@@ -50,14 +50,3 @@ def serve_wsgi_module():
     yield servers
     servers.stop()
 
-
-@pytest.fixture
-def sandbox():
-    """Both ERP emulators serving a small generated book (60 customers, 600 invoices) on loopback."""
-    from datetime import date
-
-    from connectors.sandbox.book import Book
-    from connectors.sandbox.server import SandboxServer
-
-    with SandboxServer(Book(60, 600, seed=11, as_of=date(2026, 11, 1))) as server:
-        yield server
