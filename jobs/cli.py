@@ -206,9 +206,8 @@ def mapping() -> None:
 def mapping_preview(source_name, object_name, sample_file) -> None:
     """Show what the source's mapping makes of one raw record, with every per-field error."""
     from jobs.sync import make_connector
-    from middleware.mapping import FieldSpec, preview
-    from middleware.models import FieldMapping, Source
-    from middleware.sync import validate_record
+    from middleware.models import Source
+    from middleware.sync import preview
 
     _ctx()
     src = Source.get_or_none(Source.name == source_name)
@@ -224,11 +223,7 @@ def mapping_preview(source_name, object_name, sample_file) -> None:
             connector.close()
         if sample is None:
             raise click.ClickException(f"{source_name} has no {object_name} record to preview")
-    specs = [FieldSpec.from_row(r) for r in FieldMapping.select().where(
-        (FieldMapping.source == src) & (FieldMapping.object_name == object_name) & FieldMapping.enabled)
-        .order_by(FieldMapping.position)]
-    result = preview(specs, sample, object_name, src.config.get("lookups"),
-                     validate=lambda rec: validate_record(object_name, rec)[1])
+    result = preview(src, object_name, sample)
     table = Table("canonical field", "value", title=f"{source_name} {object_name} preview")
     for key, value in result["record"].items():
         table.add_row(key, repr(value))

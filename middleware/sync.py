@@ -29,6 +29,7 @@ from .bulk import placeholders, to_decimal, update_many, upsert
 from .db import database
 from .fx import RateBook
 from .mapping import CompiledMapping, FieldError, FieldSpec
+from .mapping import preview as preview_mapping
 from .models import (
     Application, Contact, CreditMemo, Currency, Customer, FieldMapping, FxRate, Invoice, Payment,
     RejectedRecord, RunStatus, Source, SyncCursor, SyncRun, utcnow,
@@ -86,6 +87,15 @@ def _mapping_for(source: Source, object_name: str) -> CompiledMapping:
     specs = [FieldSpec.from_row(r) for r in rows]
     obj_cfg = (source.config.get("objects") or {}).get(object_name) or {}
     return CompiledMapping(object_name, specs, source.config.get("lookups") or {}, obj_cfg.get("filter"))
+
+
+def preview(source: Source, object_name: str, sample: dict) -> dict:
+    """What ``source``'s current mappings make of one raw ``sample``: record, per-field errors, unmatched paths."""
+    specs = [FieldSpec.from_row(r) for r in FieldMapping.select().where(
+        (FieldMapping.source == source) & (FieldMapping.object_name == object_name) & FieldMapping.enabled)
+        .order_by(FieldMapping.position, FieldMapping.id)]
+    return preview_mapping(specs, sample, object_name, source.config.get("lookups") or {},
+                           validate=lambda record: validate_record(object_name, record)[1])
 
 
 def validate_record(object_name: str, record: dict) -> tuple[dict | None, list[FieldError]]:
