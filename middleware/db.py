@@ -24,6 +24,10 @@ SQLITE_PRAGMAS = (
     ("busy_timeout", 30000),
     ("cache_size", -64000),
     ("temp_store", "memory"),
+    # checkpoint the WAL every ~80 MB instead of 4 MB: a bulk sync rewrites the same index
+    # pages over and over, and each checkpoint would copy them into the database again
+    ("wal_autocheckpoint", 20000),
+    ("mmap_size", 268435456),
 )
 
 

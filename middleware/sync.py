@@ -134,6 +134,7 @@ class SyncService:
         self._customer_ids: dict[str, int] | None = None
         self._touched_invoices: set[str] = set()
         self.reconciliation_mismatches = 0
+        self._written: dict[str, set[str]] = defaultdict(set)  # table → external ids written by this run
         self.today = clock().date()
         self._has_apps = Application.select().where(Application.source == source.id).exists()
 
@@ -436,6 +437,7 @@ class SyncService:
                  r.get("inactive", False), r.get("erp_modified_at"), digest, None, now, now)
                 for r, digest, _ in todo]
         upsert(Customer, cols, rows, ("source_id", "external_id"), cols[2:-2] + ("updated_at",))
+        self._written["customer"].update(r["external_id"] for r, _, _ in todo if r.get("parent_external_id"))
         ids = self._existing(Customer, [r["external_id"] for r, _, _ in todo])
         cache = self.customer_ids()
         for ext, (cid, *_rest) in ids.items():
@@ -498,6 +500,7 @@ class SyncService:
                          r.get("po_number"), r.get("memo"), *self._convert(amount, currency, r["issue_date"]),
                          r.get("erp_modified_at"), digest, now if status == "deleted" else None, now, now))
         upsert(Invoice, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
+        self._written["invoice"].update(r["external_id"] for r, _, _ in todo)
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
 
@@ -533,7 +536,7 @@ class SyncService:
         if model is CreditMemo:
             cols = cols[:-3] + ("status",) + cols[-3:]
         rows, apps, doc_ids = [], [], []
-        for r, digest, _ in todo:
+        for r, digest, existing in todo:
             closed = r.get("status") in CLOSED
             applied = sum((a["amount"] for a in r.get("applications") or []), Decimal(0))
             row = [self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
@@ -544,26 +547,32 @@ class SyncService:
             if model is CreditMemo:
                 row.insert(-3, r.get("status") or "open")
             rows.append(tuple(row))
-            doc_ids.append(r["external_id"])
+            if existing is not None:
+                doc_ids.append(r["external_id"])
             if not closed:
                 for a in r.get("applications") or []:
                     if a["amount"]:
                         apps.append((self.source.id, kind, r["external_id"], a["invoice_external_id"], a["amount"],
                                      a.get("date") or r["date"]))
         upsert(model, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
+        self._written[kind].update(r["external_id"] for r, _, _ in todo)
         self._replace_applications(kind, doc_ids, apps)
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
 
     def _replace_applications(self, kind: str, doc_ids: list[str], apps: list[tuple]) -> None:
+        """Applications of ``doc_ids`` become ``apps``; the invoices they touched, before and after, are noted.
+
+        ``doc_ids`` are the documents that may have applications stored (new ones cannot).
+        """
         for start in range(0, len(doc_ids), 900):
             part = doc_ids[start:start + 900]
-            old = (Application.select(Application.invoice_external_id)
-                   .where((Application.source == self.source.id) & (Application.doc_kind == kind)
-                          & Application.doc_external_id.in_(part)).tuples())
-            self._touched_invoices.update(ext for (ext,) in old)
-            (Application.delete().where((Application.source == self.source.id) & (Application.doc_kind == kind)
-                                        & Application.doc_external_id.in_(part)).execute())
+            where = (f'"source_id" = {placeholders(1)} AND "doc_kind" = {placeholders(1)} '
+                     f'AND "doc_external_id" IN ({placeholders(len(part))})')
+            params = (self.source.id, kind, *part)
+            old = database.execute_sql(f'SELECT "invoice_external_id" FROM "application" WHERE {where}', params)
+            self._touched_invoices.update(ext for (ext,) in old.fetchall())
+            database.execute_sql(f'DELETE FROM "application" WHERE {where}', params)
         self._has_apps = self._has_apps or bool(apps)
         merged: dict[tuple, list] = {}
         for row in apps:  # one application per (document, invoice): amounts of repeated lines add up
@@ -601,22 +610,34 @@ class SyncService:
 
     # ------------------------------------------------------- after all objects
     def _finish_documents(self) -> None:
-        """Resolve late customer links, recompute open amounts of touched invoices, revalue them."""
+        """Resolve late links of what this run wrote, recompute open amounts of touched invoices, revalue them.
+
+        Everything here is restricted to the rows this run wrote or touched, so an
+        incremental sync costs what it changed, not the size of the store.
+        """
+        written = self._written
+        resolve = [
+            ("invoice", "customer_id", "customer", "customer_external_id", "external_id", written["invoice"]),
+            ("credit_memo", "customer_id", "customer", "customer_external_id", "external_id", written["credit_memo"]),
+            ("payment", "customer_id", "customer", "customer_external_id", "external_id", written["payment"]),
+            ("customer", "parent_id", "customer", "parent_external_id", "external_id", written["customer"]),
+            ("application", "invoice_id", "invoice", "invoice_external_id", "invoice_external_id", written["invoice"]),
+        ]
+        for kind in ("payment", "credit_memo"):  # (source, doc_kind, doc_external_id) is indexed
+            resolve.append(("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
+                            written[kind], kind))
         with database.atomic():
-            for model in (Invoice, CreditMemo, Payment, Contact):
-                sql = (f'UPDATE "{model._meta.table_name}" SET "customer_id" = (SELECT c."id" FROM "customer" c '
-                       f'WHERE c."source_id" = "{model._meta.table_name}"."source_id" AND c."external_id" = '
-                       f'"{model._meta.table_name}"."customer_external_id") WHERE "customer_id" IS NULL AND '
-                       f'"source_id" = {placeholders(1)}')
-                database.execute_sql(sql, (self.source.id,))
-            sql = ('UPDATE "customer" SET "parent_id" = (SELECT p."id" FROM "customer" p WHERE p."source_id" = '
-                   '"customer"."source_id" AND p."external_id" = "customer"."parent_external_id") WHERE "parent_id" '
-                   f'IS NULL AND "parent_external_id" IS NOT NULL AND "source_id" = {placeholders(1)}')
-            database.execute_sql(sql, (self.source.id,))
-            sql = ('UPDATE "application" SET "invoice_id" = (SELECT i."id" FROM "invoice" i WHERE i."source_id" = '
-                   '"application"."source_id" AND i."external_id" = "application"."invoice_external_id") '
-                   f'WHERE "invoice_id" IS NULL AND "source_id" = {placeholders(1)}')
-            database.execute_sql(sql, (self.source.id,))
+            for table, fk, target, ref, key, ext_ids, *kind in resolve:
+                ids = sorted(ext_ids)
+                for start in range(0, len(ids), 900):
+                    part = ids[start:start + 900]
+                    sql = (f'UPDATE "{table}" SET "{fk}" = (SELECT t."id" FROM "{target}" t WHERE t."source_id" = '
+                           f'"{table}"."source_id" AND t."external_id" = "{table}"."{ref}") WHERE "{fk}" IS NULL '
+                           f'AND "{ref}" IS NOT NULL AND "source_id" = {placeholders(1)} '
+                           + (f'AND "doc_kind" = {placeholders(1)} ' if kind else '')
+                           + f'AND "{key}" IN ({placeholders(len(part))})')
+                    database.execute_sql(sql, (self.source.id, *kind, *part))
+        checked = written["invoice"] | self._touched_invoices
         touched = sorted(self._touched_invoices)
         self._touched_invoices = set()
         for start in range(0, len(touched), 900):
@@ -632,9 +653,15 @@ class SyncService:
                 rows.append((open_amount, new_status, open_reporting, self.today, inv_id))
             with database.atomic():
                 update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
-        self.reconciliation_mismatches = Invoice.select().where(
-            (Invoice.source == self.source.id) & Invoice.erp_open_amount.is_null(False)
-            & (Invoice.erp_open_amount != Invoice.open_amount)).count()
+        ids = sorted(checked)
+        mismatches = 0
+        for start in range(0, len(ids), 900):
+            part = ids[start:start + 900]
+            sql = (f'SELECT COUNT(*) FROM "invoice" WHERE "source_id" = {placeholders(1)} AND "external_id" IN '
+                   f'({placeholders(len(part))}) AND "erp_open_amount" IS NOT NULL AND "erp_open_amount" <> "open_amount"')
+            mismatches += database.execute_sql(sql, (self.source.id, *part)).fetchone()[0]
+        self.reconciliation_mismatches = mismatches
+        self._written = defaultdict(set)
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
     "currency": SyncService._write_currencies,
