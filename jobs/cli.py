@@ -149,6 +149,7 @@ def sync_erp(source_name, full) -> None:
     """Pull customers, invoices, credit memos, payments and rates from the ERP."""
     from jobs.sync import run_sync
     from middleware.models import Source
+    from middleware.sync import SyncAlreadyRunning
 
     _ctx(migrate=True)
     names = [source_name] if source_name else [s.name for s in Source.select().where(
@@ -167,7 +168,12 @@ def sync_erp(source_name, full) -> None:
                 progress.update(tasks[obj], detail=f"{stats.fetched} fetched, {stats.created} new, "
                                                    f"{stats.updated} changed, {stats.rejected} rejected")
 
-            run = run_sync(name, full=full, progress=report)
+            try:
+                run = run_sync(name, full=full, progress=report)
+            except SyncAlreadyRunning as exc:
+                err.print(f"[yellow]{exc}[/]: not started")
+                failed = True
+                continue
         print_run(run)
         failed = failed or run.status == "failed"
     sys.exit(1 if failed else 0)

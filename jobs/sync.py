@@ -14,7 +14,7 @@ import yaml
 
 from middleware.models import Source, SyncRun
 from middleware.sources import source_credentials
-from middleware.sync import ObjectStats, SyncService
+from middleware.sync import ObjectStats, SyncAlreadyRunning, SyncService
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "connectors" / "presets"
 
@@ -72,7 +72,10 @@ def run_sync(source_name: str, *, full: bool = False, objects: list[str] | None 
 # ------------------------------------------------------------------ RQ jobs
 def sync_erp(source_name: str, full: bool = False) -> dict:
     """RQ job: one source's sync. Idempotent: a retried job re-pulls from the committed cursor."""
-    run = run_sync(source_name, full=full)
+    try:
+        run = run_sync(source_name, full=full)
+    except SyncAlreadyRunning as exc:  # the other run covers this one's work; nothing to retry
+        return {"run": None, "status": "skipped", "message": str(exc)}
     return {"run": run.id, "status": run.status, "message": run.message}
 
 

@@ -28,6 +28,7 @@ from marshmallow import ValidationError
 from .bulk import placeholders, to_decimal, update_many, upsert
 from .db import database
 from .fx import RateBook
+from .locks import LockBusy, exclusive
 from .mapping import CompiledMapping, FieldError, FieldSpec
 from .mapping import preview as preview_mapping
 from .models import (
@@ -47,6 +48,10 @@ DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo
 
 class SyncError(RuntimeError):
     """A sync that could not run at all (no such source, a broken mapping definition)."""
+
+
+class SyncAlreadyRunning(SyncError):
+    """The source is being synced by another process: nothing was done."""
 
 
 class ErpPort(Protocol):
@@ -144,6 +149,14 @@ class SyncService:
         return [name for name in OBJECT_ORDER if name in configured]
 
     def run(self, full: bool = False, objects: Iterable[str] | None = None) -> SyncRun:
+        """Pull ``objects`` (default: all the preset has). ``SyncAlreadyRunning`` if this source is syncing."""
+        try:
+            with exclusive(f"sync-{self.source.id}"):
+                return self._run(full, objects)
+        except LockBusy as exc:
+            raise SyncAlreadyRunning(f"source {self.source.name!r} is already syncing in another process") from exc
+
+    def _run(self, full: bool, objects: Iterable[str] | None) -> SyncRun:
         wanted = list(objects) if objects else self.objects()
         cursors = {c.object_name: c for c in SyncCursor.select().where(SyncCursor.source == self.source)}
         first = not any(c.cursor for c in cursors.values())

@@ -218,3 +218,42 @@ def test_the_sync_job_runs_in_a_real_rq_worker(source, sandbox, settings, redis_
     assert job.get_status() == "finished", job.latest_result().exc_string if job.latest_result() else job
     assert job.return_value()["status"] == "succeeded"
     assert Invoice.select().count() == len(sandbox.book.invoices)
+
+
+def test_a_source_syncs_in_one_process_at_a_time(source, sandbox, tmp_path):
+    """While one process syncs a source, a second sync of it is refused with a clear error and changes nothing."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from middleware.locks import exclusive
+    from middleware.sync import SyncAlreadyRunning
+
+    holder = tmp_path / "hold.py"
+    holder.write_text(textwrap.dedent(f"""
+        import sys, time
+        from middleware.db import connect
+        from middleware.locks import exclusive
+        connect({settings_url()!r})
+        with exclusive("sync-{source.id}"):
+            print("locked", flush=True)
+            time.sleep(30)
+    """))
+    proc = subprocess.Popen([sys.executable, str(holder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(SyncAlreadyRunning, match="already syncing"):
+            sync(source)
+        assert Invoice.select().count() == 0
+    finally:
+        proc.kill()
+        proc.wait()
+    with exclusive(f"sync-{source.id}"):  # released when its holder died
+        pass
+    assert sync(source).status == "succeeded"
+
+
+def settings_url() -> str:
+    from middleware.settings import get_settings
+
+    return get_settings().database_url
