@@ -140,6 +140,8 @@ class SyncService:
         self._touched_invoices: set[str] = set()
         self.reconciliation_mismatches = 0
         self._written: dict[str, set[str]] = defaultdict(set)  # table → external ids written by this run
+        self._fresh: dict[str, bool] = {}  # table → had no rows of this source when the run began
+        self._mismatch: dict[str, bool] = {}  # invoice → open amount differs from the ERP's own figure
         self.today = clock().date()
         self._has_apps = Application.select().where(Application.source == source.id).exists()
 
@@ -393,7 +395,13 @@ class SyncService:
         return conv.amount, conv.rate, conv.rate_date, conv.source, False
 
     def _classify(self, model, records: list[dict]) -> tuple[list[tuple[dict, str, tuple | None]], int]:
-        existing = self._existing(model, [r["external_id"] for r in records])
+        table = model._meta.table_name
+        if table not in self._fresh:  # nothing stored for this source yet: a first sync skips the lookups
+            self._fresh[table] = not model.select().where(model.source == self.source.id).exists()
+        ids = [r["external_id"] for r in records]
+        if self._fresh[table]:
+            ids = [ext for ext in ids if ext in self._written[table]]
+        existing = self._existing(model, ids) if ids else {}
         out, unchanged = [], 0
         for rec in records:
             digest = content_hash(rec)
@@ -450,7 +458,7 @@ class SyncService:
                  r.get("inactive", False), r.get("erp_modified_at"), digest, None, now, now)
                 for r, digest, _ in todo]
         upsert(Customer, cols, rows, ("source_id", "external_id"), cols[2:-2] + ("updated_at",))
-        self._written["customer"].update(r["external_id"] for r, _, _ in todo if r.get("parent_external_id"))
+        self._written["customer"].update(r["external_id"] for r, _, _ in todo)
         ids = self._existing(Customer, [r["external_id"] for r, _, _ in todo])
         cache = self.customer_ids()
         for ext, (cid, *_rest) in ids.items():
@@ -507,6 +515,8 @@ class SyncService:
             amount, currency = r["amount"], r["currency"]
             status, open_amount, open_reporting = self._open_state(
                 amount, r.get("status") or "open", applied.get(r["external_id"], ZERO), currency)
+            erp_open = r.get("erp_open_amount")
+            self._mismatch[r["external_id"]] = erp_open is not None and erp_open != open_amount
             rows.append((self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
                          r["customer_external_id"], currency, amount, r["issue_date"], r.get("sent_date"),
                          r["due_date"], status, open_amount, open_reporting, self.today, r.get("erp_open_amount"),
@@ -650,30 +660,23 @@ class SyncService:
                            + (f'AND "doc_kind" = {placeholders(1)} ' if kind else '')
                            + f'AND "{key}" IN ({placeholders(len(part))})')
                     database.execute_sql(sql, (self.source.id, *kind, *part))
-        checked = written["invoice"] | self._touched_invoices
         touched = sorted(self._touched_invoices)
         self._touched_invoices = set()
         for start in range(0, len(touched), 900):
             part = touched[start:start + 900]
             applied = self._applied(part)
-            sql = (f'SELECT "id", "external_id", "amount", "status", "currency", "open_amount" FROM "invoice" '
+            sql = (f'SELECT "id", "external_id", "amount", "status", "currency", "erp_open_amount" FROM "invoice" '
                    f'WHERE "source_id" = {placeholders(1)} AND "external_id" IN ({placeholders(len(part))})')
             rows = []
-            for inv_id, ext, amount, status, currency, old_open in database.execute_sql(
+            for inv_id, ext, amount, status, currency, erp_open in database.execute_sql(
                     sql, (self.source.id, *part)).fetchall():
                 new_status, open_amount, open_reporting = self._open_state(
                     to_decimal(amount), status, applied.get(ext, ZERO), currency)
+                self._mismatch[ext] = erp_open is not None and to_decimal(erp_open) != open_amount
                 rows.append((open_amount, new_status, open_reporting, self.today, inv_id))
             with database.atomic():
                 update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
-        ids = sorted(checked)
-        mismatches = 0
-        for start in range(0, len(ids), 900):
-            part = ids[start:start + 900]
-            sql = (f'SELECT COUNT(*) FROM "invoice" WHERE "source_id" = {placeholders(1)} AND "external_id" IN '
-                   f'({placeholders(len(part))}) AND "erp_open_amount" IS NOT NULL AND "erp_open_amount" <> "open_amount"')
-            mismatches += database.execute_sql(sql, (self.source.id, *part)).fetchone()[0]
-        self.reconciliation_mismatches = mismatches
+        self.reconciliation_mismatches = sum(self._mismatch.values())
         self._written = defaultdict(set)
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
