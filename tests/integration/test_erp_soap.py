@@ -15,7 +15,7 @@ from connectors.erp_soap import SoapConnector
 from connectors.exceptions import (AuthError, ConnectorTimeout, MalformedResponse, RateLimited, RemoteError,
                                    UnsafeXml)
 from connectors.sandbox.book import Book
-from connectors.sandbox.faults import Fault, Faults
+from connectors.sandbox.faults import Fault
 from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS, make_app
 
 PRESET_PATH = Path(__file__).resolve().parents[2] / "connectors" / "presets" / "netsuite-2023_2.yaml"
@@ -46,26 +46,13 @@ AUTHS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("clear_faults")
+
+
 @pytest.fixture(scope="module")
 def book() -> Book:
     return Book(customers=250, invoices=3000, seed=5)
 
-
-@pytest.fixture(scope="module")
-def faults() -> Faults:
-    return Faults()
-
-
-@pytest.fixture(scope="module")
-def base_url(serve_wsgi_module, book, faults) -> str:
-    return serve_wsgi_module(make_app(book, faults=faults))
-
-
-@pytest.fixture(autouse=True)
-def _clear_faults(faults):
-    faults.clear()
-    yield
-    faults.clear()
 
 
 def connector(base_url: str, **kwargs) -> SoapConnector:

@@ -19,7 +19,7 @@ import requests
 from lxml import etree
 
 from connectors.sandbox.book import Book
-from connectors.sandbox.faults import Fault, Faults
+from connectors.sandbox.faults import Fault
 from connectors.sandbox.netsuite import CONTRACT_DIR, NS, SANDBOX_CREDENTIALS as CREDS, make_app
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
@@ -46,26 +46,13 @@ def schema() -> etree.XMLSchema:
     return etree.XMLSchema(etree.fromstring(wrapper.encode(), base_url=xsd_dir.as_uri() + "/"))
 
 
+pytestmark = pytest.mark.usefixtures("clear_faults")
+
+
 @pytest.fixture(scope="module")
 def book() -> Book:
     return Book(customers=300, invoices=4000, seed=11)
 
-
-@pytest.fixture(scope="module")
-def faults() -> Faults:
-    return Faults()
-
-
-@pytest.fixture(scope="module")
-def base_url(serve_wsgi_module, book, faults) -> str:
-    return serve_wsgi_module(make_app(book, faults=faults))
-
-
-@pytest.fixture(autouse=True)
-def _clear_faults(faults):
-    faults.clear()
-    yield
-    faults.clear()
 
 
 def token_passport(creds=CREDS, *, nonce=None, timestamp=None, secret_override=None) -> str:
