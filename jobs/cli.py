@@ -179,15 +179,33 @@ def sync_erp(source_name, full) -> None:
     sys.exit(1 if failed else 0)
 
 
+@sync.command("reprocess")
+@click.option("--source", "source_name", required=True)
+def sync_reprocess(source_name) -> None:
+    """Run the unresolved rejected records through the current mappings again (no ERP call)."""
+    from middleware.models import Source
+    from middleware.sync import SyncService
+
+    ctx = _ctx(migrate=True)
+    src = Source.get_or_none(Source.name == source_name)
+    if src is None:
+        raise click.ClickException(f"no source named {source_name!r}")
+    run = SyncService(src, connector=None, reporting_currency=ctx.settings.reporting_currency,
+                      chunk_size=ctx.settings.sync_chunk_size).reprocess()
+    print_run(run)
+    sys.exit(1 if run.status == "failed" else 0)
+
+
 @sync.command("rejects")
 @click.option("--run", "run_id", type=int, help="one sync run (default: the latest runs)")
 @click.option("--limit", default=20, show_default=True)
 def sync_rejects(run_id, limit) -> None:
-    """Show rejected records: which record, which field, why."""
+    """Show unresolved rejected records: which record, which field, why."""
     from middleware.models import RejectedRecord
 
     _ctx()
-    query = RejectedRecord.select().order_by(RejectedRecord.id.desc()).limit(limit)
+    query = RejectedRecord.select().where(RejectedRecord.resolved_at.is_null()).order_by(
+        RejectedRecord.id.desc()).limit(limit)
     if run_id:
         query = query.where(RejectedRecord.run == run_id)
     table = Table("run", "object", "record", "field", "reason")

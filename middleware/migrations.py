@@ -49,9 +49,17 @@ def _replay(version: int) -> Callable:
     return run
 
 
+def _m0002_rejected_resolved(db) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrate(SchemaMigrator.from_database(db).add_column(
+        "rejected_record", "resolved_at", models.UTCDateTimeField(null=True)))
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
+    (2, "rejected records: resolved_at (landed later or reprocessed)", _m0002_rejected_resolved),
 ]
 
 

@@ -323,6 +323,7 @@ class RejectedRecord(BaseModel):
     raw = JSONField()
     reasons = JSONField()  # [{"field": ..., "path": ..., "message": ...}]
     created_at = UTCDateTimeField(default=utcnow)
+    resolved_at = UTCDateTimeField(null=True)  # the record later landed, or was reprocessed
 
     class Meta:
         indexes = ((("source", "object_name", "external_id"), False),)

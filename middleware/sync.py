@@ -142,6 +142,7 @@ class SyncService:
         self._written: dict[str, set[str]] = defaultdict(set)  # table → external ids written by this run
         self._fresh: dict[str, bool] = {}  # table → had no rows of this source when the run began
         self._mismatch: dict[str, bool] = {}  # invoice → open amount differs from the ERP's own figure
+        self._has_rejects: dict[str, bool] = {}  # object → unresolved rejections exist for this source
         self.today = clock().date()
         self._has_apps = Application.select().where(Application.source == source.id).exists()
 
@@ -361,12 +362,69 @@ class SyncService:
                 stats.created += created
                 stats.updated += updated
                 stats.unchanged += unchanged
+                if self._open_rejects(name):
+                    self._resolve_rejects(name, list(good))
             if rejects:
                 stats.rejected += len(rejects)
                 RejectedRecord.insert_many([
                     {"run": run.id, "source": self.source.id, "object_name": name, "external_id": ext,
                      "raw": raw, "reasons": [e.as_dict() for e in errs], "created_at": utcnow()}
                     for ext, raw, errs in rejects]).execute()
+
+    # ------------------------------------------------------------ rejects
+    def _open_rejects(self, name: str) -> bool:
+        if name not in self._has_rejects:
+            self._has_rejects[name] = RejectedRecord.select().where(
+                (RejectedRecord.source == self.source.id) & (RejectedRecord.object_name == name)
+                & RejectedRecord.resolved_at.is_null()).exists()
+        return self._has_rejects[name]
+
+    def _resolve_rejects(self, name: str, ext_ids: list[str]) -> None:
+        """Earlier rejections of records that have now landed are resolved."""
+        now = utcnow()
+        for start in range(0, len(ext_ids), 900):
+            part = ext_ids[start:start + 900]
+            (RejectedRecord.update(resolved_at=now)
+             .where((RejectedRecord.source == self.source.id) & (RejectedRecord.object_name == name)
+                    & RejectedRecord.external_id.in_(part) & RejectedRecord.resolved_at.is_null()).execute())
+
+    def reprocess(self) -> SyncRun:
+        """Run every unresolved rejected record through the current mappings again (after an admin fixed them).
+
+        The old rejections are resolved; a record that still fails is rejected anew, with today's reasons.
+        No ERP call is made and no cursor moves.
+        """
+        with exclusive(f"sync-{self.source.id}"):
+            run = SyncRun.create(source=self.source, mode="reprocess")
+            self.rates = RateBook.load(self.reporting)
+            totals, per_object, errors = ObjectStats(), {}, []
+            for name in OBJECT_ORDER:
+                query = (RejectedRecord.select().where(
+                    (RejectedRecord.source == self.source.id) & (RejectedRecord.object_name == name)
+                    & RejectedRecord.resolved_at.is_null()).order_by(RejectedRecord.id))
+                rejects = list(query)
+                if not rejects:
+                    continue
+                stats = ObjectStats()
+                mapping = _mapping_for(self.source, name)
+                if mapping.errors:
+                    stats.error = "; ".join(f"mapping {name}.{e.field}: {e.message}" for e in mapping.errors)
+                    errors.append({"object": name, "error": stats.error})
+                else:
+                    with database.atomic():
+                        RejectedRecord.update(resolved_at=utcnow()).where(
+                            RejectedRecord.id.in_([r.id for r in rejects])).execute()
+                    self._has_rejects[name] = False
+                    raws = [r.raw for r in rejects]
+                    for start in range(0, len(raws), self.chunk_size):
+                        self._process_chunk(run, name, mapping, raws[start:start + self.chunk_size], {}, stats)
+                per_object[name] = stats.as_dict()
+                for key in ("fetched", "created", "updated", "unchanged", "rejected", "deleted"):
+                    setattr(totals, key, getattr(totals, key) + getattr(stats, key))
+            self._finish_documents()
+            status = RunStatus.FAILED if errors else (RunStatus.PARTIAL if totals.rejected else RunStatus.SUCCEEDED)
+            self._close(run, totals, per_object, errors, {}, status)
+            return run
 
     # ------------------------------------------------------------ helpers
     def _existing(self, model, ext_ids: list[str], *extra) -> dict[str, tuple]:

@@ -85,3 +85,20 @@ def test_upgrade_twice_applies_nothing_the_second_time(empty_database):
     assert upgrade(reopened) == []
     reopened.close()
 
+
+
+def test_an_old_database_upgraded_ends_identical_to_a_fresh_one_and_keeps_its_data(empty_database):
+    """A database left at version 1 with data in it, upgraded to head, has the fresh database's schema and its rows."""
+    old = connect(empty_database("old"))
+    assert upgrade(old, target=1) == [1]
+    old.execute_sql('INSERT INTO "source" ("name", "kind", "config", "enabled", "created_at", "updated_at") '
+                    "VALUES ('erp', 'rest', '{}', " + ("true" if empty_database.dialect == "postgres" else "1")
+                    + ", '2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+    assert upgrade(old) == [n for n, _, _ in MIGRATIONS if n > 1]
+    upgraded = describe_schema(old)
+    assert models.Source.get(models.Source.name == "erp").kind == "rest"
+    old.close()
+    fresh = connect(empty_database("fresh"))
+    upgrade(fresh)
+    assert describe_schema(fresh) == upgraded
+    fresh.close()

@@ -257,3 +257,42 @@ def settings_url() -> str:
     from middleware.settings import get_settings
 
     return get_settings().database_url
+
+
+def test_rejected_records_are_reprocessed_after_the_mapping_is_fixed(source, sandbox):
+    """Invoices rejected by a broken mapping land from their kept payloads once the mapping is fixed; rejects resolve."""
+    from click.testing import CliRunner
+
+    from jobs.cli import main
+
+    FieldMapping.update(source_path="dueDateTypo").where(FieldMapping.canonical_field == "due_date").execute()
+    broken = sync(source)
+    assert broken.rejected == len(sandbox.book.invoices)
+    assert Invoice.select().count() == 0
+    listed = CliRunner().invoke(main, ["sync", "rejects", "--limit", "5"])
+    assert "due_date" in listed.output and "Missing data for required field" in listed.output
+    FieldMapping.update(source_path="dueDate").where(FieldMapping.canonical_field == "due_date").execute()
+    result = CliRunner().invoke(main, ["sync", "reprocess", "--source", "netsuite"])
+    assert result.exit_code == 0, result.output
+    assert Invoice.select().count() == len(sandbox.book.invoices)
+    for inv in Invoice.select():
+        assert inv.open_amount == sandbox.book.invoices[int(inv.external_id)].amount_due
+    assert RejectedRecord.select().where(RejectedRecord.resolved_at.is_null()).count() == 0
+    assert "due_date" not in CliRunner().invoke(main, ["sync", "rejects"]).output  # nothing left to show
+
+
+def test_a_rejection_resolves_when_the_record_later_lands(source, sandbox):
+    """A record rejected once and corrected in the ERP lands on the next sync and its rejection is resolved."""
+    book = sandbox.book
+    bad = sorted(book.invoices)[5]
+    good_total = book.invoices[bad].total
+    book.invoices[bad].total = Decimal("-1.00")
+    book._touch("invoice")
+    sync(source)
+    assert RejectedRecord.get(RejectedRecord.external_id == str(bad)).resolved_at is None
+    book.invoices[bad].total = good_total
+    book.invoices[bad].modified = datetime.now(timezone.utc)
+    book._touch("invoice")
+    sync(source)
+    assert Invoice.get(Invoice.external_id == str(bad)).amount == good_total
+    assert RejectedRecord.get(RejectedRecord.external_id == str(bad)).resolved_at is not None
