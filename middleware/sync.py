@@ -141,6 +141,7 @@ class SyncService:
         self.reconciliation_mismatches = 0
         self._written: dict[str, set[str]] = defaultdict(set)  # table → external ids written by this run
         self._fresh: dict[str, bool] = {}  # table → had no rows of this source when the run began
+        self._unlinked: dict[str, set[str]] = defaultdict(set)  # rows written before what they link to
         self._mismatch: dict[str, bool] = {}  # invoice → open amount differs from the ERP's own figure
         self._has_rejects: dict[str, bool] = {}  # object → unresolved rejections exist for this source
         self.today = clock().date()
@@ -525,6 +526,8 @@ class SyncService:
         # parents may arrive before or after their children: resolve every time
         parents = [(cache.get(r["parent_external_id"]), ids[r["external_id"]][0]) for r, _, _ in todo
                    if r.get("parent_external_id")]
+        self._unlinked["customer"].update(r["external_id"] for r, _, _ in todo
+                                          if r.get("parent_external_id") and r["parent_external_id"] not in cache)
         update_many(Customer, ("id",), ("parent_id",), parents)
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
@@ -582,6 +585,9 @@ class SyncService:
                          r.get("erp_modified_at"), digest, now if status == "deleted" else None, now, now))
         upsert(Invoice, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
         self._written["invoice"].update(r["external_id"] for r, _, _ in todo)
+        self._unlinked["invoice"].update(r["external_id"] for r, _, _ in todo if r["customer_external_id"] not in customers)
+        if self._has_apps:  # applications may already point at these invoices
+            self._unlinked["application_invoice"].update(r["external_id"] for r, _, _ in todo)
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
 
@@ -637,6 +643,7 @@ class SyncService:
                                      a.get("date") or r["date"]))
         upsert(model, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
         self._written[kind].update(r["external_id"] for r, _, _ in todo)
+        self._unlinked[kind].update(r["external_id"] for r, _, _ in todo if r["customer_external_id"] not in customers)
         self._replace_applications(kind, doc_ids, apps)
         created = sum(1 for _, _, row in todo if row is None)
         return created, len(todo) - created, unchanged
@@ -696,28 +703,41 @@ class SyncService:
         Everything here is restricted to the rows this run wrote or touched, so an
         incremental sync costs what it changed, not the size of the store.
         """
-        written = self._written
+        written, unlinked = self._written, self._unlinked
+        # (table, link, target table, reference column, key column, rows written without their link, kind)
         resolve = [
-            ("invoice", "customer_id", "customer", "customer_external_id", "external_id", written["invoice"]),
-            ("credit_memo", "customer_id", "customer", "customer_external_id", "external_id", written["credit_memo"]),
-            ("payment", "customer_id", "customer", "customer_external_id", "external_id", written["payment"]),
-            ("customer", "parent_id", "customer", "parent_external_id", "external_id", written["customer"]),
-            ("application", "invoice_id", "invoice", "invoice_external_id", "invoice_external_id", written["invoice"]),
+            ("invoice", "customer_id", "customer", "customer_external_id", "external_id", unlinked["invoice"], None),
+            ("credit_memo", "customer_id", "customer", "customer_external_id", "external_id",
+             unlinked["credit_memo"], None),
+            ("payment", "customer_id", "customer", "customer_external_id", "external_id", unlinked["payment"], None),
+            ("customer", "parent_id", "customer", "parent_external_id", "external_id", unlinked["customer"], None),
+            ("application", "invoice_id", "invoice", "invoice_external_id", "invoice_external_id",
+             unlinked["application_invoice"], None),
+            ("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
+             written["payment"], "payment"),
+            ("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
+             written["credit_memo"], "credit_memo"),
         ]
-        for kind in ("payment", "credit_memo"):  # (source, doc_kind, doc_external_id) is indexed
-            resolve.append(("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
-                            written[kind], kind))
+        def link_sql(table: str, fk: str, target: str, ref: str) -> str:
+            return (f'UPDATE "{table}" SET "{fk}" = (SELECT t."id" FROM "{target}" t WHERE t."source_id" = '
+                    f'"{table}"."source_id" AND t."external_id" = "{table}"."{ref}") WHERE "{fk}" IS NULL '
+                    f'AND "{ref}" IS NOT NULL AND "source_id" = {placeholders(1)} ')
+
         with database.atomic():
-            for table, fk, target, ref, key, ext_ids, *kind in resolve:
+            for table, fk, target, ref, key, ext_ids, kind in resolve:
+                link = link_sql(table, fk, target, ref)
+                extra = (f'AND "doc_kind" = {placeholders(1)} ', (kind,)) if kind else ("", ())
                 ids = sorted(ext_ids)
-                for start in range(0, len(ids), 900):
+                for start in range(0, len(ids), 900):  # what this run wrote unlinked: by index
                     part = ids[start:start + 900]
-                    sql = (f'UPDATE "{table}" SET "{fk}" = (SELECT t."id" FROM "{target}" t WHERE t."source_id" = '
-                           f'"{table}"."source_id" AND t."external_id" = "{table}"."{ref}") WHERE "{fk}" IS NULL '
-                           f'AND "{ref}" IS NOT NULL AND "source_id" = {placeholders(1)} '
-                           + (f'AND "doc_kind" = {placeholders(1)} ' if kind else '')
-                           + f'AND "{key}" IN ({placeholders(len(part))})')
-                    database.execute_sql(sql, (self.source.id, *kind, *part))
+                    database.execute_sql(link + extra[0] + f'AND "{key}" IN ({placeholders(len(part))})',
+                                         (self.source.id, *extra[1], *part))
+            for table, fk, target, ref in {(t, f, g, r) for t, f, g, r, *_ in resolve}:
+                # rows from earlier runs still waiting for a target this run wrote: one pass, only if any wait
+                if written[target] and database.execute_sql(
+                        f'SELECT 1 FROM "{table}" WHERE "source_id" = {placeholders(1)} AND "{fk}" IS NULL '
+                        f'AND "{ref}" IS NOT NULL LIMIT 1', (self.source.id,)).fetchone():
+                    database.execute_sql(link_sql(table, fk, target, ref), (self.source.id,))
         touched = sorted(self._touched_invoices)
         self._touched_invoices = set()
         for start in range(0, len(touched), 900):
@@ -736,6 +756,7 @@ class SyncService:
                 update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
         self.reconciliation_mismatches = sum(self._mismatch.values())
         self._written = defaultdict(set)
+        self._unlinked = defaultdict(set)
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
     "currency": SyncService._write_currencies,

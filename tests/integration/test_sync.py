@@ -296,3 +296,21 @@ def test_a_rejection_resolves_when_the_record_later_lands(source, sandbox):
     sync(source)
     assert Invoice.get(Invoice.external_id == str(bad)).amount == good_total
     assert RejectedRecord.get(RejectedRecord.external_id == str(bad)).resolved_at is not None
+
+
+def test_documents_link_to_a_customer_that_arrives_in_a_later_run(source, sandbox):
+    """Invoices synced before their customer (the customer failed first) link to it once it lands."""
+    book = sandbox.book
+    cust_id = book.invoices[sorted(book.invoices)[0]].customer_id
+    name = book.customers[cust_id].name
+    book.customers[cust_id].currency = "XYZ"  # rejected: not an ISO 4217 code
+    book._touch("customer")
+    sync(source)
+    orphans = Invoice.select().where(Invoice.customer_external_id == str(cust_id))
+    assert orphans.count() > 0 and all(i.customer is None for i in orphans)
+    book.customers[cust_id].currency = book.invoices[sorted(book.invoices)[0]].currency
+    book.customers[cust_id].modified = datetime.now(timezone.utc)
+    book._touch("customer")
+    sync(source)
+    linked = Invoice.select().where(Invoice.customer_external_id == str(cust_id))
+    assert all(i.customer is not None and i.customer.name == name for i in linked)
