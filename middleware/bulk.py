@@ -67,20 +67,37 @@ def upsert(model, columns: Sequence[str], rows: Iterable[Sequence], conflict: Se
     return count
 
 
+_PG_TYPES = {"AUTO": "integer", "DECIMAL": "numeric", "DATE": "date", "BOOL": "boolean", "INT": "integer", "BIGINT": "bigint",
+             "VARCHAR": "varchar", "TEXT": "text", "DATETIME": "timestamp", "FLOAT": "double precision"}
+
+
 def update_many(model, key_columns: Sequence[str], set_columns: Sequence[str], rows: Iterable[Sequence]) -> int:
-    """``UPDATE table SET set_columns WHERE key_columns`` for each row (set values first, then keys)."""
+    """``UPDATE table SET set_columns WHERE key_columns`` for each row (set values first, then keys).
+
+    SQLite: ``executemany`` of one prepared statement. PostgreSQL: one ``UPDATE ... FROM (VALUES ...)``
+    per batch, not one round trip per row.
+    """
     db = database.obj
     table = model._meta.table_name
-    ph = "%s" if is_postgres(db) else "?"
-    sets = ", ".join(f'"{c}" = {ph}' for c in set_columns)
-    where = " AND ".join(f'"{c}" = {ph}' for c in key_columns)
-    sql = f'UPDATE "{table}" SET {sets} WHERE {where}'
     if is_postgres(db):
         data = [tuple(map(_pg_value, row)) for row in rows]
-    else:  # sqlite3 adapters for Decimal, date and datetime are registered by db.connect
-        data = rows if isinstance(rows, list) else list(rows)
+        columns = (*set_columns, *key_columns)
+        fields = {f.column_name: f for f in model._meta.sorted_fields}
+        casts = [f'v."{c}"::{_PG_TYPES.get(fields[c].field_type, "text")}' for c in columns]
+        sets = ", ".join(f'"{c}" = {cast}' for c, cast in zip(set_columns, casts))
+        where = " AND ".join(f't."{c}" = {cast}' for c, cast in zip(key_columns, casts[len(set_columns):]))
+        names = ", ".join(f'"{c}"' for c in columns)
+        for batch in chunked(data, PG_BATCH):
+            values = ", ".join(["(" + ", ".join(["%s"] * len(columns)) + ")"] * len(batch))
+            db.execute_sql(f'UPDATE "{table}" AS t SET {sets} FROM (VALUES {values}) AS v({names}) WHERE {where}',
+                           [v for row in batch for v in row])
+        return len(data)
+    ph = "?"
+    sets = ", ".join(f'"{c}" = {ph}' for c in set_columns)
+    where = " AND ".join(f'"{c}" = {ph}' for c in key_columns)
+    data = rows if isinstance(rows, list) else list(rows)  # sqlite3 adapters registered by db.connect
     if data:
-        db.cursor().executemany(sql, data)
+        db.cursor().executemany(f'UPDATE "{table}" SET {sets} WHERE {where}', data)
     return len(data)
 
 
