@@ -107,15 +107,20 @@ def _pg_connect(dbname: str):
     raise last
 
 
-@pytest.fixture(scope="session")
-def pg_database(request):
-    """A fresh PostgreSQL database for this session (or xdist worker), migrated once."""
+def pg_admin():
+    """(autocommit connection to database ``test``, user), or skip/fail naming PostgreSQL as missing."""
     if not _port_open(PG_HOST, PG_PORT):
         service_missing("PostgreSQL", f"nothing answers on {PG_HOST}:{PG_PORT}")
     try:
-        admin, user = _pg_connect("test")
+        return _pg_connect("test")
     except Exception as exc:  # psycopg2.OperationalError: auth, missing db
         service_missing("PostgreSQL", f"cannot connect to database 'test' on {PG_HOST}:{PG_PORT}: {exc}")
+
+
+@pytest.fixture(scope="session")
+def pg_database(request):
+    """A fresh PostgreSQL database for this session (or xdist worker), migrated once."""
+    admin, user = pg_admin()
     name = f"arhub_t_{_worker_tag(request)}_{os.getpid()}".lower()
     with admin.cursor() as cur:
         cur.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -8,7 +8,7 @@ import pytest
 from middleware import models
 from middleware.db import connect, database
 from middleware.migrations import MIGRATIONS, VERSION_TABLE, current_version, describe_schema, head, upgrade
-from tests.conftest import PG_HOST, PG_PORT, _pg_connect, _port_open, _worker_tag, service_missing
+from tests.conftest import PG_HOST, PG_PORT, _worker_tag, pg_admin
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -18,12 +18,7 @@ def empty_database(request, tmp_path):
     admin = None
     user = None
     if request.param == "postgres":
-        if not _port_open(PG_HOST, PG_PORT):
-            service_missing("PostgreSQL", f"nothing answers on {PG_HOST}:{PG_PORT}")
-        try:
-            admin, user = _pg_connect("test")
-        except Exception as exc:  # psycopg2.OperationalError: auth, missing db
-            service_missing("PostgreSQL", f"cannot connect to database 'test' on {PG_HOST}:{PG_PORT}: {exc}")
+        admin, user = pg_admin()
 
     def make(tag: str) -> str:
         if request.param == "sqlite":
