@@ -57,16 +57,19 @@ def db_status() -> None:
 
 @db.command("snapshot", hidden=True)
 @click.argument("version", type=int)
-def db_snapshot(version: int) -> None:
+@click.option("--models", "model_names", default="", help="comma-separated model names (default: all)")
+def db_snapshot(version: int, model_names: str) -> None:
     """(developers) Freeze the models' DDL as migration VERSION's snapshot, for both dialects."""
     from peewee import PostgresqlDatabase, SqliteDatabase
 
+    from middleware import models
     from middleware.db import database
     from middleware.migrations import write_snapshot
 
+    model_list = [getattr(models, name.strip()) for name in model_names.split(",") if name.strip()] or None
     for dbo in (SqliteDatabase(":memory:"), PostgresqlDatabase("snapshot")):
         database.initialize(dbo)
-        console.print(f"wrote {write_snapshot(version, dbo)}")
+        console.print(f"wrote {write_snapshot(version, dbo, model_list)}")
 
 
 # ----------------------------------------------------------------- sources

@@ -28,14 +28,15 @@ def dialect(db=None) -> str:
     return "postgres" if is_postgres(db or database.obj) else "sqlite"
 
 
-def model_ddl(db=None) -> list[str]:
-    """The DDL the current models produce on ``db``'s dialect (tables, then indexes)."""
+def model_ddl(db=None, model_list=None) -> list[str]:
+    """The DDL the models produce on ``db``'s dialect (tables, then indexes); all by default."""
     db = db or database.obj
+    model_list = models.MODELS if model_list is None else model_list
     ctx_sql = lambda q: db.get_sql_context().sql(q).query()[0]  # noqa: E731
     statements = []
-    for model in models.MODELS:
+    for model in model_list:
         statements.append(ctx_sql(model._schema._create_table(safe=False)))
-    for model in models.MODELS:
+    for model in model_list:
         statements.extend(ctx_sql(idx) for idx in model._schema._create_indexes(safe=False))
     return statements
 
@@ -56,10 +57,19 @@ def _m0002_rejected_resolved(db) -> None:
         "rejected_record", "resolved_at", models.UTCDateTimeField(null=True)))
 
 
+def _m0003_salesforce(db) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    _replay(3)(db)
+    migrate(SchemaMigrator.from_database(db).add_column("sync_run", "api_calls", models.IntegerField(null=True)))
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
     (2, "rejected records: resolved_at (landed later or reprocessed)", _m0002_rejected_resolved),
+    (3, "Salesforce: tags, users, accounts, opportunities, match candidates, push state; sync_run.api_calls",
+     _m0003_salesforce),
 ]
 
 
@@ -102,11 +112,12 @@ def upgrade(db=None, target: int | None = None) -> list[int]:
     return applied
 
 
-def write_snapshot(version: int, db) -> Path:
-    """Freeze the current models' DDL for ``db``'s dialect as migration ``version``'s snapshot."""
+def write_snapshot(version: int, db, model_list=None) -> Path:
+    """Freeze the DDL of ``model_list`` (default: all models) for ``db``'s dialect as migration
+    ``version``'s snapshot."""
     SCHEMA_DIR.mkdir(exist_ok=True)
     path = SCHEMA_DIR / f"{version:04d}.{dialect(db)}.sql"
-    path.write_text(";\n".join(model_ddl(db)) + ";\n")
+    path.write_text(";\n".join(model_ddl(db, model_list)) + ";\n")
     return path
 
 

@@ -19,6 +19,7 @@ from peewee import (
     DecimalField,
     DateTimeField,
     ForeignKeyField,
+    FloatField,
     IntegerField,
     Model,
     TextField,
@@ -310,6 +311,7 @@ class SyncRun(BaseModel):
     cursor_before = JSONField(default=dict)
     cursor_after = JSONField(default=dict)
     message = TextField(null=True)
+    api_calls = IntegerField(null=True)  # Salesforce runs: API requests spent (from Sforce-Limit-Info)
 
     class Meta:
         indexes = ((("source", "started_at"), False),)
@@ -339,5 +341,126 @@ class AuditLog(BaseModel):
     after = JSONField(null=True)
 
 
+# -- tags ---------------------------------------------------------------------------
+
+
+class Tag(BaseModel):
+    name = CharField(unique=True)  # lower-case slug: "strategic", "arr-100k-plus"
+    description = TextField(null=True)
+    created_at = UTCDateTimeField(default=utcnow)
+
+
+class CustomerTag(BaseModel):
+    """A tag on a customer. ``origin`` is ``manual`` or ``rule:<rule name>``; rule tags are
+    recomputed on every sync, manual ones are only changed by people."""
+    customer = ForeignKeyField(Customer, on_delete="CASCADE", index=False)
+    tag = ForeignKeyField(Tag, on_delete="CASCADE")
+    origin = CharField(default="manual")
+    created_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "tag"), True),)
+
+
+# -- Salesforce: what we read, what we matched, what we pushed ------------------------
+
+
+class MatchState(str, Enum):
+    EXTERNAL_ID = "external_id"  # linked by the configured external-id field
+    AUTO = "auto"  # linked by score above the threshold
+    MANUAL = "manual"  # linked by a person: survives every sync
+    REVIEW = "review"  # candidates wait in the review queue
+    UNMATCHED = "unmatched"  # no candidate
+    MANUAL_UNLINKED = "manual_unlinked"  # unlinked by a person: never auto-linked again
+
+
+class SfUser(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    sf_id = CharField(max_length=18)
+    name = CharField(null=True)
+    email = CharField(null=True)
+    active = BooleanField(default=True)
+    modstamp = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("source", "sf_id"), True),)
+
+
+class SfAccount(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    sf_id = CharField(max_length=18)
+    name = CharField()
+    name_key = CharField(index=True)  # normalized name (matching blocks on it)
+    erp_key = CharField(null=True, index=True)  # value of the configured external-id field
+    domain = CharField(null=True, index=True)  # from Website, lower-case, no "www."
+    country = CharField(null=True)
+    account_type = CharField(null=True)
+    parent_sf_id = CharField(max_length=18, null=True)
+    owner_sf_id = CharField(max_length=18, null=True)
+    fields = JSONField(default=dict)  # every pulled field, for tag rules
+    is_deleted = BooleanField(default=False)
+    modstamp = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("source", "sf_id"), True),)
+
+
+class SfOpportunity(BaseModel):
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    sf_id = CharField(max_length=18)
+    account_sf_id = CharField(max_length=18, null=True, index=True)
+    name = CharField(null=True)
+    opp_type = CharField(null=True)
+    stage = CharField(null=True)
+    close_date = DateField(null=True)
+    amount = MoneyField(null=True)
+    currency = CharField(max_length=3, null=True)
+    is_closed = BooleanField(default=False)
+    is_won = BooleanField(default=False)
+    is_deleted = BooleanField(default=False)
+    modstamp = UTCDateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("source", "sf_id"), True),)
+
+
+class MatchCandidate(BaseModel):
+    """A possible ERP customer ↔ Account link waiting for a person (or kept as evidence)."""
+    customer = ForeignKeyField(Customer, on_delete="CASCADE", index=False)
+    sf_account_id = CharField(max_length=18)
+    score = FloatField()  # 0..100, rapidfuzz scale (a similarity, not money)
+    reasons = JSONField(default=list)  # ["name 96", "domain acme.com", "country DE"]
+    status = CharField(default="pending")  # pending | accepted | rejected
+    created_at = UTCDateTimeField(default=utcnow)
+    decided_at = UTCDateTimeField(null=True)
+    decided_by = CharField(null=True)
+
+    class Meta:
+        indexes = ((("customer", "sf_account_id"), True), (("status", "score"), False))
+
+
+class SfPushState(BaseModel):
+    """Per pushed record: the hash of the last payload Salesforce acknowledged.
+
+    A record is sent again only when its payload hash differs from ``acked_hash``;
+    a failure keeps ``error`` and leaves ``acked_hash`` alone, so the next run retries it."""
+    source = ForeignKeyField(Source, on_delete="CASCADE", index=False)
+    object_name = CharField()  # AR_Summary__c | AR_Invoice__c
+    record_key = CharField()  # the external-id value we upsert by
+    customer = ForeignKeyField(Customer, null=True, on_delete="CASCADE", index=False)
+    acked_hash = CharField(max_length=32, null=True)
+    sf_id = CharField(max_length=18, null=True)
+    error = TextField(null=True)
+    attempts = IntegerField(default=0)
+    acked_at = UTCDateTimeField(null=True)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("source", "object_name", "record_key"), True),)
+
+
 MODELS = [Company, Source, SyncCursor, FieldMapping, Currency, Customer, Contact, Invoice, CreditMemo,
-          Payment, Application, FxRate, SyncRun, RejectedRecord, AuditLog]
+          Payment, Application, FxRate, SyncRun, RejectedRecord, AuditLog, Tag, CustomerTag, SfUser,
+          SfAccount, SfOpportunity, MatchCandidate, SfPushState]
+#: Tables added by migration 3 (Salesforce both ways); frozen in schema/0003.<dialect>.sql.
+SALESFORCE_MODELS = [Tag, CustomerTag, SfUser, SfAccount, SfOpportunity, MatchCandidate, SfPushState]
