@@ -203,7 +203,7 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
 
             def service():
                 return SyncService(src, connector, reporting_currency=ctx.settings.reporting_currency,
-                                   chunk_size=ctx.settings.sync_chunk_size,
+                                   chunk_size=ctx.settings.sync_chunk_size, commit_rows=ctx.settings.sync_commit_rows,
                                    overlap_seconds=ctx.settings.cursor_overlap_seconds)
 
             before = [o for o in ("currency", "fx_rate", "customer") if o in src.config["objects"]]

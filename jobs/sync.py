@@ -61,7 +61,7 @@ def run_sync(source_name: str, *, full: bool = False, objects: list[str] | None 
     connector = connector or make_connector(source)
     try:
         service = SyncService(source, connector, reporting_currency=ctx.settings.reporting_currency,
-                              chunk_size=ctx.settings.sync_chunk_size,
+                              chunk_size=ctx.settings.sync_chunk_size, commit_rows=ctx.settings.sync_commit_rows,
                               overlap_seconds=ctx.settings.cursor_overlap_seconds, progress=progress)
         return service.run(full=full, objects=objects)
     finally:

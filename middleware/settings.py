@@ -82,10 +82,12 @@ class Settings:
     timezone: str = "UTC"
     sync_interval_minutes: int = 15
     sync_chunk_size: int = 2000
+    sync_commit_rows: int = 20000
     cursor_overlap_seconds: int = 300
     log_level: str = "INFO"
     require_services: bool = False
     worker_shutdown_grace_seconds: int = 20
+    public_url: str = "http://127.0.0.1:5000"  # where the console is reached (links pushed to Salesforce)
 
     def __repr__(self) -> str:
         shown = []
@@ -158,6 +160,13 @@ def _log_level(name: str, raw: str) -> str:
     if level not in _LOG_LEVELS:
         raise SettingsError(name, f"expected one of {', '.join(_LOG_LEVELS)}, got {raw!r}")
     return level
+
+
+def _http_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")) or len(value) < 10:
+        raise SettingsError(f"{name}: expected an http(s) URL like https://arhub.example.com, got {raw!r}")
+    return value
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -239,10 +248,12 @@ def load_settings(
         timezone=get("ARHUB_TIMEZONE", _timezone, "UTC"),
         sync_interval_minutes=get("ARHUB_SYNC_INTERVAL_MINUTES", _positive_int, 15),
         sync_chunk_size=get("ARHUB_SYNC_CHUNK_SIZE", _positive_int, 2000),
+        sync_commit_rows=get("ARHUB_SYNC_COMMIT_ROWS", _positive_int, 20000),
         cursor_overlap_seconds=get("ARHUB_CURSOR_OVERLAP_SECONDS", _non_negative_int, 300),
         log_level=get("ARHUB_LOG_LEVEL", _log_level, "INFO"),
         require_services=get("ARHUB_REQUIRE_SERVICES", _bool, False),
         worker_shutdown_grace_seconds=get("ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS", _non_negative_int, 20),
+        public_url=get("ARHUB_PUBLIC_URL", _http_url, "http://127.0.0.1:5000"),
     )
 
 
@@ -277,10 +288,12 @@ def env_for(settings: Settings) -> dict[str, str]:
         "ARHUB_TIMEZONE": settings.timezone,
         "ARHUB_SYNC_INTERVAL_MINUTES": settings.sync_interval_minutes,
         "ARHUB_SYNC_CHUNK_SIZE": settings.sync_chunk_size,
+        "ARHUB_SYNC_COMMIT_ROWS": settings.sync_commit_rows,
         "ARHUB_CURSOR_OVERLAP_SECONDS": settings.cursor_overlap_seconds,
         "ARHUB_LOG_LEVEL": settings.log_level,
         "ARHUB_REQUIRE_SERVICES": "1" if settings.require_services else "0",
         "ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS": settings.worker_shutdown_grace_seconds,
+        "ARHUB_PUBLIC_URL": settings.public_url,
     }
     if settings.secret_key_previous:
         env["ARHUB_SECRET_KEY_PREVIOUS"] = ",".join(settings.secret_key_previous)

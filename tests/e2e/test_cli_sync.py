@@ -28,7 +28,8 @@ def arhub_env(tmp_path: Path, name: str) -> tuple[dict, Path]:
     db_path = tmp_path / f"{name}.db"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARHUB_")}
     env.update(ARHUB_DATABASE_URL=f"sqlite:///{db_path}", ARHUB_VAR_DIR=str(tmp_path / f"var-{name}"),
-               ARHUB_SECRET_KEY=SECRET, ARHUB_ENV_FILE="", COLUMNS="120", PYTHONUNBUFFERED="1")
+               ARHUB_SECRET_KEY=SECRET, ARHUB_ENV_FILE="", COLUMNS="120", PYTHONUNBUFFERED="1",
+               ARHUB_SYNC_COMMIT_ROWS="500")  # small commit groups: a kill lands between commits of one pull
     return env, db_path
 
 
