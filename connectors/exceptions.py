@@ -14,6 +14,8 @@ __all__ = [
     "ConnectorTimeout",
     "MalformedResponse",
     "UnsafeXml",
+    "ApiLimitExceeded",
+    "SalesforceRequestError",
 ]
 
 
@@ -78,3 +80,34 @@ class MalformedResponse(ConnectorError):
 
 class UnsafeXml(MalformedResponse):
     """The XML response has a DTD, entity declarations or external references."""
+
+
+class ApiLimitExceeded(RateLimited):
+    """The remote's API budget is spent (Salesforce ``REQUEST_LIMIT_EXCEEDED``): try after it resets."""
+
+    budget_exhausted = True  # what middleware looks for (it does not import connector classes)
+
+    def __init__(self, message: str, *, status: int | None = 403,
+                 retryable: bool = True, detail: str | None = None) -> None:
+        super().__init__(message, status=status, retryable=retryable, detail=detail)
+
+
+class SalesforceRequestError(ConnectorError):
+    """Salesforce refused a request; ``errors`` is its error array
+    (``[{"errorCode": ..., "message": ..., "fields": [...]}]``)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = False,
+                 detail: str | None = None, errors: list[dict] | None = None) -> None:
+        super().__init__(message, status=status, retryable=retryable, detail=detail)
+        self.errors = list(errors or [])
+
+    @property
+    def codes(self) -> list[str]:
+        return [str(e.get("errorCode")) for e in self.errors]
+
+    def __reduce__(self):
+        return (_rebuild_sf, (self.message, self.status, self.retryable, self.detail, self.errors))
+
+
+def _rebuild_sf(message, status, retryable, detail, errors):
+    return SalesforceRequestError(message, status=status, retryable=retryable, detail=detail, errors=errors)

@@ -119,7 +119,7 @@ def source_list() -> None:
 # -------------------------------------------------------------------- sync
 @main.group()
 def sync() -> None:
-    """Synchronise with the ERP."""
+    """Synchronise with the ERP and with Salesforce."""
 
 
 def _summary(run) -> Table:
@@ -217,6 +217,137 @@ def sync_rejects(run_id, limit) -> None:
             table.add_row(str(rej.run_id), rej.object_name, rej.external_id or "?", reason.get("field", ""),
                           reason.get("message", ""))
     console.print(table)
+
+
+@sync.command("salesforce")
+@click.option("--source", "source_name", help="the Salesforce source (default: the only one)")
+@click.option("--pull", "do_pull", is_flag=True, help="only pull users, accounts, contacts, opportunities and match")
+@click.option("--push", "do_push", is_flag=True, help="only push AR status")
+@click.option("--full", is_flag=True, help="pull everything and resend every record")
+def sync_salesforce_cmd(source_name, do_pull, do_push, full) -> None:
+    """Pull from Salesforce, link accounts, and push AR status (both unless --pull or --push)."""
+    from jobs.salesforce import run_salesforce
+    from middleware.sf_sync import SalesforceBusy
+
+    _ctx(migrate=True)
+    pull, push = (do_pull, do_push) if (do_pull or do_push) else (True, True)
+    with Progress(SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as progress:
+        tasks: dict[str, int] = {}
+
+        def report(name, done, total):
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total or None, detail="")
+            progress.update(tasks[name], completed=done, total=total or None,
+                            detail=f"{done}/{total}" if total else f"{done} records")
+
+        try:
+            run = run_salesforce(source_name, pull=pull, push=push, full=full, progress=report)
+        except (LookupError, SalesforceBusy) as exc:
+            raise click.ClickException(str(exc)) from None
+    table = Table(title=f"Salesforce run {run.id}: {run.source.name} ({run.direction}, {run.mode}) - {run.status}")
+    table.add_column("step")
+    table.add_column("figures")
+    for name, stats in (run.objects or {}).items():
+        table.add_row(name, ", ".join(f"{k} {v}" for k, v in stats.items() if k != "errors" and v not in (None, [], 0))
+                      or "-")
+    console.print(table)
+    console.print(run.message or "")
+    for entry in run.errors or []:
+        kind = "error" if "error" in entry else "warning"
+        where = ".".join(str(p) for p in (entry.get("object"), entry.get("field")) if p)
+        console.print(f"[{'red' if kind == 'error' else 'yellow'}]{kind}[/]: {where}: {entry.get(kind)}")
+    sys.exit(1 if run.status == "failed" else 0)
+
+
+# -------------------------------------------------------------- salesforce
+@main.group()
+def salesforce() -> None:
+    """The Salesforce connection: add it, check the write-back mapping, write deployable metadata."""
+
+
+@salesforce.command("add")
+@click.argument("name")
+@click.option("--preset", default="salesforce", show_default=True, help="preset name or YAML/JSON path")
+@click.option("--login-url", help="https://login.salesforce.com, https://test.salesforce.com, a My Domain, or the emulator")
+@click.option("--environment", type=click.Choice(["production", "sandbox"]), help="instead of --login-url")
+@click.option("--auth", type=click.Choice(["password", "soap", "client_credentials", "jwt"]))
+@click.option("--ca-bundle", type=click.Path(exists=True, dir_okay=False), help="CA file to trust (private CA, emulator)")
+@click.option("--credentials-file", type=click.File("r"), help="JSON file with the credentials (stored encrypted)")
+@click.option("--credential", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="username, password, security_token, client_id, client_secret, private_key (repeatable)")
+def salesforce_add(name, preset, login_url, environment, auth, ca_bundle, credentials_file, pairs) -> None:
+    """Create or update the Salesforce source NAME."""
+    from pathlib import Path
+
+    from jobs.sync import load_preset
+    from middleware.sources import SourceError, configure_salesforce
+
+    _ctx(migrate=True)
+    credentials = json.load(credentials_file) if credentials_file else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--credential")
+        credentials[key] = value
+    connection = {k: v for k, v in {"login_url": login_url, "environment": environment, "auth": auth,
+                                    "ca_bundle": str(Path(ca_bundle).resolve()) if ca_bundle else None}.items() if v}
+    try:
+        src = configure_salesforce(name, load_preset(preset), connection=connection,
+                                   credentials=credentials or None, actor="cli")
+    except SourceError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"Salesforce source {src.name!r} saved ({src.config['connection'].get('login_url') or src.config['connection'].get('environment')}, "
+                  f"auth {src.config['connection'].get('auth')}); credentials encrypted")
+
+
+@salesforce.command("check")
+@click.option("--source", "source_name", help="the Salesforce source (default: the only one)")
+def salesforce_check(source_name) -> None:
+    """Compare the write-back mapping with the org's describe; name every missing or unwritable field."""
+    from jobs.salesforce import get_salesforce_source, make_salesforce_connector
+    from middleware.sf_schema import push_objects
+    from middleware.sf_sync import check
+
+    _ctx(migrate=True)
+    try:
+        src = get_salesforce_source(source_name)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    connector = make_salesforce_connector(src)
+    try:
+        problems = check(src, connector, refresh=True)
+    finally:
+        connector.close()
+    objects = push_objects(src.config)
+    fields = sum(len(spec.get("fields") or {}) for spec in objects.values())
+    if problems:
+        table = Table("object", "field", "problem", title=f"{len(problems)} problem(s): nothing would be pushed")
+        for p in problems:
+            table.add_row(p.object, p.field or "", p.message)
+        console.print(table)
+        sys.exit(1)
+    console.print(f"ok: {fields} mapped fields on {', '.join(s['object'] for s in objects.values())} exist and are "
+                  f"writable ({connector.calls} API calls)")
+
+
+@salesforce.command("metadata")
+@click.argument("outdir", type=click.Path(file_okay=False))
+@click.option("--source", "source_name", help="use this source's (edited) mapping instead of the preset's")
+def salesforce_metadata(outdir, source_name) -> None:
+    """Write the write-back objects, fields and a permission set as SFDX source under OUTDIR."""
+    from jobs.sync import load_preset
+    from middleware.sf_schema import write_metadata
+
+    config = load_preset("salesforce")
+    if source_name:
+        from jobs.salesforce import get_salesforce_source
+
+        _ctx(migrate=True)
+        config = get_salesforce_source(source_name).config
+    paths = write_metadata(config, outdir)
+    console.print(f"wrote {len(paths)} files under {outdir}; deploy with: "
+                  f"sf project deploy start --source-dir {outdir}/force-app")
 
 
 # ----------------------------------------------------------------- mapping

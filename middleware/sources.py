@@ -67,3 +67,36 @@ def configure_source(name: str, preset: dict, *, endpoint: str | None = None, cr
 
 def source_credentials(source: Source) -> dict:
     return decrypt_json(source.credentials_encrypted) if source.credentials_encrypted else {}
+
+
+def configure_salesforce(name: str, preset: dict, *, connection: dict | None = None,
+                         credentials: dict | None = None, actor: str = "system") -> Source:
+    """Create or update a Salesforce source from ``preset`` (kind ``salesforce``).
+
+    ``connection`` overrides the preset's connection keys (``login_url``, ``auth``,
+    ``ca_bundle``, ``api_version``); the pull, tag, matching and push sections of an existing
+    source are kept (admins may have edited them) unless it is new."""
+    if preset.get("kind") != "salesforce":
+        raise SourceError(f"preset {preset.get('name')!r}: kind must be 'salesforce', not {preset.get('kind')!r}")
+    for key in ("connection", "pull", "push"):
+        if not isinstance(preset.get(key), dict):
+            raise SourceError(f"preset {preset.get('name')!r}: missing the {key!r} section")
+    with database.atomic():
+        source = Source.get_or_none(Source.name == name)
+        created = source is None
+        if created:
+            source = Source(name=name, created_at=utcnow(), config=dict(preset))
+        elif source.kind != "salesforce":
+            raise SourceError(f"source {name!r} exists and is a {source.kind} source, not Salesforce")
+        config = dict(source.config or preset)
+        config["connection"] = {**preset["connection"], **(config.get("connection") or {}), **(connection or {})}
+        source.kind, source.preset, source.config = "salesforce", preset.get("name"), config
+        source.endpoint = config["connection"].get("login_url")
+        if credentials is not None:
+            source.credentials_encrypted = encrypt_json(credentials)
+        source.updated_at = utcnow()
+        source.save()
+        AuditLog.create(actor=actor, action="create" if created else "update", object_type="source",
+                        object_id=name, after={"preset": preset.get("name"), "connection": config["connection"],
+                                               "credentials": "(changed)" if credentials is not None else "(kept)"})
+    return source

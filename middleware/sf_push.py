@@ -1,0 +1,350 @@
+"""Store → Salesforce: AR status of every linked customer, with the fewest API calls.
+
+For each linked customer an ``AR_Summary__c`` payload and, for each of its open invoices, an
+``AR_Invoice__c`` payload are built from the store (:mod:`middleware.ar`) through the push
+mapping. A payload is sent only when its hash differs from the last one Salesforce
+acknowledged (``SfPushState.acked_hash``). Above ``bulk_threshold`` changed records of an
+object go in one Bulk API 2.0 job, below it in sObject Collections of 200. An invoice that
+closes is sent once more (status Paid or Void, nothing open) and then forgotten.
+
+Budget: before every call the remaining daily API budget (from ``Sforce-Limit-Info``) is
+compared with the configured reserve; the push stops before crossing it and the rest goes
+on the next run (nothing is marked acknowledged that was not). Per-record failures are kept on
+the push state with the error and retried next run; ``UNABLE_TO_LOCK_ROW`` is retried once in
+the same run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Callable, Iterable, Protocol
+
+from .ar import customer_snapshots
+from .bulk import placeholders, to_decimal, upsert
+from .db import database
+from .models import Customer, CustomerTag, Invoice, SfPushState, Source, Tag, utcnow
+from .sf_schema import push_objects, sf_value
+
+log = logging.getLogger(__name__)
+UTC = timezone.utc
+ZERO = Decimal(0)
+SKIP_IN_HASH = {"synced_at"}
+BULK_CALLS = 5  # create, upload, close, one poll, failed results
+
+
+class BudgetExhausted(RuntimeError):
+    """The push stopped to keep the configured API reserve (or Salesforce said the budget is spent)."""
+
+
+class PushPort(Protocol):
+    calls: int
+    api_used: int | None
+    api_max: int | None
+
+    @property
+    def api_remaining(self) -> int | None: ...
+    def upsert_collection(self, sobject: str, external_id: str, records: list[dict], *,
+                          all_or_none: bool = False) -> list[dict]: ...
+    def bulk_upsert(self, sobject: str, external_id: str, columns: list[str], rows: list[dict], **kw) -> Any: ...
+
+
+@dataclass
+class PushStats:
+    candidates: int = 0  # payloads built
+    changed: int = 0  # differing from what Salesforce acknowledged
+    sent: int = 0
+    acknowledged: int = 0
+    failed: int = 0
+    deferred: int = 0  # not sent: budget reserve reached
+    method: str = "none"  # collections | bulk | none
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "errors"} | {"errors": self.errors[:20]}
+
+
+def customer_key(source_name: str, external_id: str) -> str:
+    key = f"{source_name}:{external_id}"
+    return key if len(key) <= 64 else f"{source_name[:20]}:{hashlib.sha1(key.encode()).hexdigest()}"
+
+
+def payload_hash(payload: dict) -> str:
+    data = {k: v for k, v in payload.items() if k not in SKIP_IN_HASH}
+    return hashlib.md5(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Pusher:
+    def __init__(self, source: Source, connector: PushPort, *, reporting_currency: str, public_url: str,
+                 describes: dict[str, dict], as_of: date | None = None, now: datetime | None = None,
+                 progress: Callable[[str, int, int], None] | None = None):
+        self.source = source
+        self.connector = connector
+        self.reporting = reporting_currency
+        self.public_url = public_url.rstrip("/")
+        self.config = source.config.get("push") or {}
+        self.objects = push_objects(source.config)
+        self.describes = describes
+        self.now = now or utcnow()
+        self.as_of = as_of or self.now.date()
+        self.bulk_threshold = int(self.config.get("bulk_threshold", 2000))
+        self.reserve = int(self.config.get("budget_reserve", 5000))
+        self.progress = progress or (lambda name, done, total: None)
+        self.stopped: str | None = None
+
+    # ----------------------------------------------------------------- budget
+    def _affordable(self, calls: int) -> bool:
+        remaining = self.connector.api_remaining
+        if remaining is None:  # unknown until the first response: one call reveals it
+            return True
+        if remaining - calls < self.reserve:
+            self.stopped = (f"stopped to keep the API reserve: {remaining} calls left today, reserve {self.reserve}; "
+                            "the rest goes on the next run")
+            return False
+        return True
+
+    # ----------------------------------------------------------------- payloads
+    def build(self, full: bool = False) -> dict[str, list[tuple[str, int | None, dict]]]:
+        """``{"summary": [(key, customer id, canonical payload)], "invoice": [...]}``."""
+        customers = list(Customer.select(Customer.id, Customer.external_id, Customer.name, Customer.sf_account_id,
+                                         Customer.billing_currency, Customer.collector, Customer.paused_until,
+                                         Customer.paused_reason, Customer.source)
+                         .where(Customer.sf_account_id.is_null(False), Customer.deleted_at.is_null()))
+        names = {s.id: s.name for s in Source.select(Source.id, Source.name)}
+        snaps = customer_snapshots([c.id for c in customers], as_of=self.as_of, reporting_currency=self.reporting,
+                                   edges=tuple(self.config.get("aging_edges", (30, 60, 90))),
+                                   period_days=int(self.config.get("add_period_days", 90)))
+        tags: dict[int, list[str]] = {}
+        for cid, name in (CustomerTag.select(CustomerTag.customer, Tag.name).join(Tag).tuples().iterator()):
+            tags.setdefault(cid, []).append(name)
+        summaries, keys_by_customer = [], {}
+        for c in customers:
+            key = customer_key(names[c.source_id], c.external_id)
+            keys_by_customer[c.id] = (key, c.sf_account_id)
+            snap = snaps.get(c.id)
+            paused = bool(c.paused_until and c.paused_until >= self.as_of)
+            buckets = snap.buckets if snap else [ZERO] * 5
+            balance = snap.balance_reporting if snap else ZERO
+            status = ("Credit" if balance < 0 else "Paused" if paused else
+                      "Overdue" if snap and snap.overdue_reporting > 0 else "Current")
+            summaries.append((key, c.id, {
+                "key": key, "name": (c.name or key)[:80], "sf_account_id": c.sf_account_id,
+                "open_reporting": snap.open_reporting if snap else ZERO,
+                "overdue_reporting": snap.overdue_reporting if snap else ZERO,
+                "reporting_currency": self.reporting,
+                "billing_balance": snap.balance_in(c.billing_currency) if snap else ZERO,
+                "billing_currency": c.billing_currency,
+                "aging_current": buckets[0], "aging_1_30": buckets[1], "aging_31_60": buckets[2],
+                "aging_61_90": buckets[3], "aging_91_plus": sum(buckets[4:], ZERO),
+                "oldest_overdue_days": snap.oldest_overdue_days if snap else 0,
+                "add_days": snap.add_days if snap else None,
+                "last_payment_date": snap.last_payment_date if snap else None,
+                "last_payment_amount": snap.last_payment_reporting if snap else None,
+                "open_invoice_count": snap.open_count if snap else 0,
+                "collection_status": status, "dunning_stage": None, "paused": paused,
+                "paused_reason": c.paused_reason if paused else None, "promise_date": None, "disputed": False,
+                "collector": c.collector, "tags": ", ".join(sorted(tags.get(c.id, [])))[:255] or None,
+                "console_url": f"{self.public_url}/customers/{c.id}", "synced_at": self.now}))
+        return {"summary": summaries, "invoice": self._invoices(keys_by_customer, names, full)}
+
+    def _invoice_payload(self, key: str, row: tuple, owner: tuple[str, str], status: str) -> dict:
+        (_, _, number, issue, due, currency, amount, open_amount, open_rep, po) = row
+        days = (self.as_of - due).days if due and status in ("Open", "Overdue") else 0
+        return {"key": key, "number": (number or key)[:80], "sf_account_id": owner[1], "customer_key": owner[0],
+                "issue_date": issue, "due_date": due, "currency": currency, "amount": to_decimal(amount),
+                "open_amount": to_decimal(open_amount) if status in ("Open", "Overdue") else ZERO,
+                "open_reporting": (to_decimal(open_rep) if status in ("Open", "Overdue") else ZERO),
+                "days_overdue": max(days, 0), "status": status, "po_number": po, "synced_at": self.now}
+
+    def _invoices(self, keys_by_customer: dict, names: dict, full: bool) -> list[tuple[str, int | None, dict]]:
+        cols = (Invoice.customer, Invoice.source, Invoice.number, Invoice.issue_date, Invoice.due_date,
+                Invoice.currency, Invoice.amount, Invoice.open_amount, Invoice.open_amount_reporting,
+                Invoice.po_number)
+        out, open_keys = [], set()
+        query = (Invoice.select(Invoice.external_id, *cols)
+                 .where(Invoice.status == "open", Invoice.open_amount > 0, Invoice.deleted_at.is_null(),
+                        Invoice.customer.is_null(False)))
+        for ext, *row in query.tuples().iterator():
+            owner = keys_by_customer.get(row[0])
+            if owner is None:
+                continue
+            key = customer_key(names[row[1]], ext)
+            due = row[4] if isinstance(row[4], date) else date.fromisoformat(str(row[4])[:10])
+            row[4] = due
+            open_keys.add(key)
+            out.append((key, row[0], self._invoice_payload(key, tuple(row), owner,
+                                                           "Overdue" if due < self.as_of else "Open")))
+        # invoices Salesforce still shows as open: send their closing state once
+        pending = [k for (k,) in SfPushState.select(SfPushState.record_key)
+                   .where(SfPushState.source == self.source.id,
+                          SfPushState.object_name == self.objects.get("invoice", {}).get("object", "AR_Invoice__c"))
+                   .tuples().iterator() if k not in open_keys]
+        by_ext: dict[str, str] = {}
+        for key in pending:
+            src, _, ext = key.partition(":")
+            by_ext[ext] = key
+        exts = sorted(by_ext)
+        for start in range(0, len(exts), 900):
+            part = exts[start:start + 900]
+            for ext, *row in (Invoice.select(Invoice.external_id, *cols, Invoice.status, Invoice.deleted_at)
+                              .where(Invoice.external_id.in_(part)).tuples().iterator()):
+                status_raw, deleted = row[-2], row[-1]
+                row = row[:-2]
+                owner = keys_by_customer.get(row[0])
+                if owner is None:
+                    continue
+                status = "Void" if deleted or status_raw in ("voided", "deleted") else "Paid"
+                out.append((by_ext[ext], row[0], self._invoice_payload(by_ext[ext], tuple(row), owner, status)))
+        return out
+
+    # ----------------------------------------------------------------- push
+    def push(self, full: bool = False) -> dict[str, PushStats]:
+        built = self.build(full)
+        result: dict[str, PushStats] = {}
+        for role in ("summary", "invoice"):
+            spec = self.objects.get(role)
+            if not spec:
+                continue
+            stats = result[role] = PushStats(candidates=len(built.get(role, [])))
+            if self.stopped:
+                stats.deferred = stats.candidates
+                continue
+            self._push_object(role, spec, built.get(role, []), stats, full)
+        return result
+
+    def _to_sf(self, spec: dict, payload: dict) -> dict:
+        described = {f["name"]: f for f in (self.describes.get(spec["object"]) or {}).get("fields", [])}
+        return {sf: sf_value(payload.get(canonical), described.get(sf))
+                for sf, canonical in (spec.get("fields") or {}).items()}
+
+    def _push_object(self, role: str, spec: dict, items: list, stats: PushStats, full: bool) -> None:
+        sobject, ext_field = spec["object"], spec["external_id"]
+        acked = {k: (h, sid) for k, h, sid in SfPushState.select(SfPushState.record_key, SfPushState.acked_hash,
+                                                                 SfPushState.sf_id)
+                 .where(SfPushState.source == self.source.id, SfPushState.object_name == sobject).tuples().iterator()}
+        changed = []
+        for key, customer_id, payload in items:
+            digest = payload_hash(payload)
+            if full or acked.get(key, (None,))[0] != digest:
+                changed.append((key, customer_id, digest, payload.get("status"), self._to_sf(spec, payload)))
+        stats.changed = len(changed)
+        if not changed:
+            return
+        if len(changed) > self.bulk_threshold:
+            stats.method = "bulk"
+            self._bulk(sobject, ext_field, spec, changed, stats)
+        else:
+            stats.method = "collections"
+            self._collections(sobject, ext_field, changed, stats)
+
+    def _collections(self, sobject: str, ext_field: str, changed: list, stats: PushStats) -> None:
+        retry: list = []
+        for attempt in (0, 1):
+            batch_list = changed if attempt == 0 else retry
+            retry = []
+            for start in range(0, len(batch_list), 200):
+                part = batch_list[start:start + 200]
+                if not self._affordable(1):
+                    stats.deferred += len(batch_list) - start
+                    return
+                try:
+                    results = self.connector.upsert_collection(sobject, ext_field, [p[4] for p in part])
+                except Exception as exc:
+                    if _is_limit(exc):
+                        self.stopped = f"Salesforce refused: daily API budget spent ({exc}); resumes next run"
+                        stats.deferred += len(batch_list) - start
+                        return
+                    raise
+                stats.sent += len(part)
+                acks, fails = [], []
+                for item, res in zip(part, results):
+                    if res.get("success"):
+                        acks.append((item, res.get("id")))
+                    else:
+                        errors = res.get("errors") or []
+                        codes = {e.get("statusCode") for e in errors}
+                        if attempt == 0 and "UNABLE_TO_LOCK_ROW" in codes:
+                            retry.append(item)
+                            continue
+                        fails.append((item, "; ".join(f"{e.get('statusCode')}: {e.get('message')}"
+                                                      + (f" ({', '.join(e.get('fields') or [])})" if e.get("fields") else "")
+                                                      for e in errors) or "failed without an error"))
+                self._record(sobject, acks, fails, stats)
+                self.progress(sobject, stats.acknowledged + stats.failed, stats.changed)
+            if not retry:
+                return
+
+    def _bulk(self, sobject: str, ext_field: str, spec: dict, changed: list, stats: PushStats) -> None:
+        if not self._affordable(BULK_CALLS):
+            stats.deferred += len(changed)
+            return
+        columns = list((spec.get("fields") or {}).keys())
+        try:
+            outcome = self.connector.bulk_upsert(sobject, ext_field, columns, [p[4] for p in changed])
+        except Exception as exc:
+            if _is_limit(exc):
+                self.stopped = f"Salesforce refused: daily API budget spent ({exc}); resumes next run"
+                stats.deferred += len(changed)
+                return
+            raise
+        stats.sent += len(changed)
+        failed = {row.get(ext_field): row.get("sf__Error") or "failed" for row in outcome.failed}
+        unprocessed = {row.get(ext_field) for row in outcome.unprocessed}
+        if outcome.state != "JobComplete" and not outcome.unprocessed:
+            # a job that failed as a whole (bad header, aborted) processed nothing we can trust
+            reason = outcome.error or f"Bulk API job {outcome.job_id} ended {outcome.state}"
+            self._record(sobject, [], [(item, reason) for item in changed], stats)
+            stats.errors.append(reason)
+            return
+        acks, fails = [], []
+        for item in changed:
+            key = item[4].get(ext_field)
+            if key in failed:
+                fails.append((item, failed[key]))
+            elif key in unprocessed:
+                fails.append((item, f"not processed: Bulk API job {outcome.job_id} ended {outcome.state}"))
+            else:
+                acks.append((item, None))
+        self._record(sobject, acks, fails, stats)
+        self.progress(sobject, stats.acknowledged + stats.failed, stats.changed)
+
+    def _record(self, sobject: str, acks: list, fails: list, stats: PushStats) -> None:
+        now = utcnow()
+        closed = [item[0] for item, _ in acks if item[3] in ("Paid", "Void")]
+        rows = [(self.source.id, sobject, item[0], item[1], item[2], sf_id, None, 0, now, now)
+                for item, sf_id in acks if item[3] not in ("Paid", "Void")]
+        fail_rows = [(self.source.id, sobject, item[0], item[1], error[:2000], now) for item, error in fails]
+        with database.atomic():
+            upsert(SfPushState, ("source_id", "object_name", "record_key", "customer_id", "acked_hash", "sf_id",
+                                 "error", "attempts", "acked_at", "updated_at"), rows,
+                   ("source_id", "object_name", "record_key"),
+                   ("customer_id", "acked_hash", "error", "attempts", "acked_at", "updated_at"))
+            if fail_rows:
+                ph = placeholders(1)
+                # keep acked_hash: the record is sent again next run; count the attempts
+                upsert(SfPushState, ("source_id", "object_name", "record_key", "customer_id", "error", "updated_at"),
+                       fail_rows, ("source_id", "object_name", "record_key"), ("error", "updated_at"))
+                for start in range(0, len(fails), 500):
+                    keys = [item[0] for item, _ in fails[start:start + 500]]
+                    database.execute_sql(
+                        f'UPDATE "sf_push_state" SET "attempts" = "attempts" + 1 WHERE "source_id" = {ph} AND '
+                        f'"object_name" = {ph} AND "record_key" IN ({placeholders(len(keys))})',
+                        (self.source.id, sobject, *keys))
+            for start in range(0, len(closed), 500):  # closed invoices, acknowledged: forget them
+                keys = closed[start:start + 500]
+                database.execute_sql(
+                    f'DELETE FROM "sf_push_state" WHERE "source_id" = {placeholders(1)} AND "object_name" = '
+                    f'{placeholders(1)} AND "record_key" IN ({placeholders(len(keys))})', (self.source.id, sobject, *keys))
+        stats.acknowledged += len(acks)
+        stats.failed += len(fails)
+        for item, error in fails[:5]:
+            stats.errors.append(f"{sobject} {item[0]}: {error}")
+
+
+def _is_limit(exc: Exception) -> bool:
+    """The port says the org's API budget is spent (connectors mark such errors; middleware
+    does not import them)."""
+    return bool(getattr(exc, "budget_exhausted", False))
