@@ -503,6 +503,23 @@ class Org:
             for fname, _ in sobject.index_keys:
                 self.indexes[sobject.name].setdefault(fname, {})
 
+    def deploy(self, name: str, fields: list[FieldDef], *, label: str | None = None, plural: str | None = None,
+               key_prefix: str | None = None) -> SObjectType:
+        """Deploy a custom object (system fields, a required Name, OwnerId and ``fields``)."""
+        if not name.endswith("__c"):
+            raise ValueError("custom object names end with __c")
+        with self.lock:
+            n = _B62.index("Z")  # a0Z, a10, a11 ... after the seeded a0X and a0Y
+            while key_prefix is None or key_prefix in self._prefixes:
+                key_prefix = "a" + _B62[n // 62 % 62] + _B62[n % 62]
+                n += 1
+            label = label or _label(name)
+            sobject = SObjectType(name, label, plural or label + "s", key_prefix, _system_fields() + [
+                _text("Name", 80, label=f"{label} Name", nillable=False, name_field=True, id_lookup=True),
+                *fields, _owner()], custom=True)
+            self.add_type(sobject)
+            return sobject
+
     def sobject(self, name: str) -> SObjectType | None:
         return self._types_ci.get(name.lower()) if isinstance(name, str) else None
 
