@@ -427,11 +427,26 @@ def sandbox() -> None:
 @click.option("--customers", default=200, show_default=True)
 @click.option("--invoices", default=2000, show_default=True)
 @click.option("--seed", default=7, show_default=True)
-def sandbox_serve(host, port, customers, invoices, seed) -> None:
-    """Serve the sandboxes until interrupted."""
+@click.option("--salesforce-port", default=8766, show_default=True,
+              help="HTTPS port of the Salesforce emulator (an org seeded from the same book)")
+@click.option("--ca-file", type=click.Path(dir_okay=False),
+              help="where to write the Salesforce emulator's CA certificate [default: <var dir>/sandbox-ca.pem]")
+def sandbox_serve(host, port, customers, invoices, seed, salesforce_port, ca_file) -> None:
+    """Serve the sandboxes (ERPs over HTTP, Salesforce over HTTPS) until interrupted."""
     from connectors.sandbox.server import serve
 
-    serve(host=host, port=port, customers=customers, invoices=invoices, seed=seed)
+    if ca_file is None:
+        from pathlib import Path
+
+        from middleware.settings import SettingsError, get_settings
+
+        try:
+            var_dir = get_settings().var_dir
+        except SettingsError:
+            var_dir = Path("var")
+        ca_file = str(var_dir / "sandbox-ca.pem")
+    serve(host=host, port=port, customers=customers, invoices=invoices, seed=seed,
+          salesforce_port=salesforce_port, ca_file=ca_file)
 
 
 # -------------------------------------------------------------------- demo

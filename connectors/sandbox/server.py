@@ -216,18 +216,37 @@ class SandboxServer:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8765, customers: int = 200, invoices: int = 2000,
-          seed: int = 7) -> None:
-    """Run the sandbox in the foreground until interrupted (``arhub sandbox serve``)."""
+          seed: int = 7, salesforce_port: int | None = 8766, ca_file: str | None = None) -> None:
+    """Run the sandbox in the foreground until interrupted (``arhub sandbox serve``).
+
+    The ERP emulators answer on ``port`` over HTTP; the Salesforce emulator (an org seeded from
+    the same book) on ``salesforce_port`` over HTTPS, its CA written to ``ca_file`` (None: no
+    Salesforce emulator when ``salesforce_port`` is None).
+    """
     book = Book(customers=customers, invoices=invoices, seed=seed)
+    salesforce = None
+    if salesforce_port is not None:
+        from connectors.sandbox.salesforce import SANDBOX_CREDENTIALS as SF
+        from connectors.sandbox.salesforce import Org, SalesforceServer
+
+        salesforce = SalesforceServer(Org.from_book(book, seed=seed), host=host, port=salesforce_port,
+                                      ca_file=ca_file).start()
     gc.freeze()  # the book is long-lived: keep its millions of objects out of every GC pass
     server = make_server(host, port, make_sandbox_app(book), threaded=True)
     print(f"arhub sandbox on http://{host}:{server.server_address[1]} "
           f"(xero: /xero, netsuite: /netsuite, control: /_sandbox); "
           f"xero client_id={xero.SANDBOX_CREDENTIALS['client_id']} tenant_id={xero.SANDBOX_CREDENTIALS['tenant_id']}",
           flush=True)
+    if salesforce is not None:
+        print(f"salesforce sandbox on {salesforce.url} (CA: {salesforce.ca_file}; control: /_sandbox); "
+              f"username={SF['username']} password={SF['password']} security_token={SF['security_token']} "
+              f"client_id={SF['client_id']} client_secret={SF['client_secret']} "
+              f"organization_id={SF['organization_id']}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
         server.server_close()
+        if salesforce is not None:
+            salesforce.stop()
