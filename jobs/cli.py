@@ -431,7 +431,8 @@ def sandbox() -> None:
               help="HTTPS port of the Salesforce emulator (an org seeded from the same book)")
 @click.option("--ca-file", type=click.Path(dir_okay=False),
               help="where to write the Salesforce emulator's CA certificate [default: <var dir>/sandbox-ca.pem]")
-def sandbox_serve(host, port, customers, invoices, seed, salesforce_port, ca_file) -> None:
+@click.option("--no-salesforce", is_flag=True, help="serve the ERP emulators only")
+def sandbox_serve(host, port, customers, invoices, seed, salesforce_port, ca_file, no_salesforce) -> None:
     """Serve the sandboxes (ERPs over HTTP, Salesforce over HTTPS) until interrupted."""
     from connectors.sandbox.server import serve
 
@@ -446,7 +447,7 @@ def sandbox_serve(host, port, customers, invoices, seed, salesforce_port, ca_fil
             var_dir = Path("var")
         ca_file = str(var_dir / "sandbox-ca.pem")
     serve(host=host, port=port, customers=customers, invoices=invoices, seed=seed,
-          salesforce_port=salesforce_port, ca_file=ca_file)
+          salesforce_port=None if no_salesforce else salesforce_port, ca_file=ca_file)
 
 
 # -------------------------------------------------------------------- demo

@@ -1333,9 +1333,14 @@ _TERMINAL = ("JobComplete", "Failed", "Aborted")
 class SalesforceApp:
     """The WSGI application: authentication, API accounting, faults, routing over an :class:`Org`."""
 
-    def __init__(self, org: Org, *, credentials: dict | None = None, api_budget: int = DEFAULT_API_BUDGET,
-                 session_seconds: int = DEFAULT_SESSION_SECONDS, jwt_public_key: str | bytes | None = None):
-        self.org = org
+    def __init__(self, org: Org | Callable[[], Org], *, credentials: dict | None = None,
+                 api_budget: int = DEFAULT_API_BUDGET, session_seconds: int = DEFAULT_SESSION_SECONDS,
+                 jwt_public_key: str | bytes | None = None):
+        """``org`` may be a zero-argument factory: the org is then built on first use (``arhub sandbox
+        serve`` does so, a big seeded org costs seconds and hundreds of MB nobody may need)."""
+        self._org = org if isinstance(org, Org) else None
+        self._org_factory = None if isinstance(org, Org) else org
+        self._org_lock = threading.Lock()
         self.credentials = dict(SANDBOX_CREDENTIALS, **(credentials or {}))
         self.api_max, self.api_used = api_budget, 0
         self.session_seconds = session_seconds
@@ -1351,6 +1356,14 @@ class SalesforceApp:
         self.bulk_batches = 0
         self.lock = threading.Lock()  # sessions, counters, cursors, jobs (the org has its own)
         self._seq = 0
+
+    @property
+    def org(self) -> Org:
+        if self._org is None:
+            with self._org_lock:
+                if self._org is None:
+                    self._org = self._org_factory()
+        return self._org
 
     # ------------------------------------------------------------------ control (also via /_sandbox/)
     def set_faults(self, latency_ms: float = 0.0, error_5xx_rate: float = 0.0, lock_row_rate: float = 0.0,
@@ -2522,7 +2535,7 @@ class SalesforceServer:
     written to ``ca_file`` (a temporary file when not given, removed on stop).
     """
 
-    def __init__(self, org: Org | None = None, *, host: str = "127.0.0.1", port: int = 0,
+    def __init__(self, org: Org | Callable[[], Org] | None = None, *, host: str = "127.0.0.1", port: int = 0,
                  ca_file: str | os.PathLike | None = None, book: Book | None = None, seed: int = 7,
                  credentials: dict | None = None, api_budget: int = DEFAULT_API_BUDGET,
                  session_seconds: int = DEFAULT_SESSION_SECONDS, jwt_public_key: str | bytes | None = None,
@@ -2532,7 +2545,6 @@ class SalesforceServer:
         if org is None:
             org = Org.from_book(book if book is not None else Book(customers=300, invoices=1000, seed=seed),
                                 seed=seed)
-        self.org = org
         self.app = SalesforceApp(org, credentials=credentials, api_budget=api_budget,
                                  session_seconds=session_seconds, jwt_public_key=jwt_public_key)
         self.credentials = self.app.credentials
@@ -2550,13 +2562,21 @@ class SalesforceServer:
             os.makedirs(os.path.dirname(os.path.abspath(ca_path)), exist_ok=True)
         self.ca.cert_pem.write_to_path(ca_path)
         self.ca_file = ca_path
-        self._server = make_server(host, port, self.app, threaded=True, ssl_context=context,
-                                   request_handler=_QuietHandler if quiet else None)
+        try:
+            self._server = make_server(host, port, self.app, threaded=True, ssl_context=context,
+                                       request_handler=_QuietHandler if quiet else None)
+        except SystemExit as exc:  # werkzeug exits the process when the port is taken; a library must not
+            raise OSError(f"cannot listen on {host}:{port}: address already in use") from exc
         self._server.daemon_threads = True
         bound_port = self._server.server_address[1]
         url_host = "127.0.0.1" if host in ("0.0.0.0", "") else host
         self.url = f"https://{url_host}:{bound_port}"
         self._thread: threading.Thread | None = None
+
+    @property
+    def org(self) -> Org:
+        """The in-memory org (built now if it was given as a factory)."""
+        return self.app.org
 
     # control shortcuts (the same as /_sandbox/)
     def set_faults(self, **settings) -> FaultSettings:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import importlib
 import json
+import sys
 import threading
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
@@ -220,8 +221,9 @@ def serve(host: str = "127.0.0.1", port: int = 8765, customers: int = 200, invoi
     """Run the sandbox in the foreground until interrupted (``arhub sandbox serve``).
 
     The ERP emulators answer on ``port`` over HTTP; the Salesforce emulator (an org seeded from
-    the same book) on ``salesforce_port`` over HTTPS, its CA written to ``ca_file`` (None: no
-    Salesforce emulator when ``salesforce_port`` is None).
+    the same book when it is first called) on ``salesforce_port`` over HTTPS, its CA written to
+    ``ca_file``. ``salesforce_port=None`` serves the ERPs only; a busy Salesforce port is reported
+    and the ERPs serve anyway.
     """
     book = Book(customers=customers, invoices=invoices, seed=seed)
     salesforce = None
@@ -229,8 +231,11 @@ def serve(host: str = "127.0.0.1", port: int = 8765, customers: int = 200, invoi
         from connectors.sandbox.salesforce import SANDBOX_CREDENTIALS as SF
         from connectors.sandbox.salesforce import Org, SalesforceServer
 
-        salesforce = SalesforceServer(Org.from_book(book, seed=seed), host=host, port=salesforce_port,
-                                      ca_file=ca_file).start()
+        try:  # the org is seeded from the book on the first Salesforce request, not before
+            salesforce = SalesforceServer(lambda: Org.from_book(book, seed=seed), host=host, port=salesforce_port,
+                                          ca_file=ca_file).start()
+        except OSError as exc:  # the ERP sandboxes still serve (benchmarks start several)
+            print(f"salesforce sandbox not started: port {salesforce_port}: {exc}", file=sys.stderr, flush=True)
     gc.freeze()  # the book is long-lived: keep its millions of objects out of every GC pass
     server = make_server(host, port, make_sandbox_app(book), threaded=True)
     print(f"arhub sandbox on http://{host}:{server.server_address[1]} "
@@ -238,7 +243,8 @@ def serve(host: str = "127.0.0.1", port: int = 8765, customers: int = 200, invoi
           f"xero client_id={xero.SANDBOX_CREDENTIALS['client_id']} tenant_id={xero.SANDBOX_CREDENTIALS['tenant_id']}",
           flush=True)
     if salesforce is not None:
-        print(f"salesforce sandbox on {salesforce.url} (CA: {salesforce.ca_file}; control: /_sandbox); "
+        print(f"salesforce sandbox on {salesforce.url} (CA: {salesforce.ca_file}; control: /_sandbox; org seeded "
+              f"from the book on the first request); "
               f"username={SF['username']} password={SF['password']} security_token={SF['security_token']} "
               f"client_id={SF['client_id']} client_secret={SF['client_secret']} "
               f"organization_id={SF['organization_id']}", flush=True)
