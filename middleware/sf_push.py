@@ -316,7 +316,7 @@ class Pusher:
         closed = [item[0] for item, _ in acks if item[3] in ("Paid", "Void")]
         rows = [(self.source.id, sobject, item[0], item[1], item[2], sf_id, None, 0, now, now)
                 for item, sf_id in acks if item[3] not in ("Paid", "Void")]
-        fail_rows = [(self.source.id, sobject, item[0], item[1], error[:2000], now) for item, error in fails]
+        fail_rows = [(self.source.id, sobject, item[0], item[1], error[:2000], 0, now) for item, error in fails]
         with database.atomic():
             upsert(SfPushState, ("source_id", "object_name", "record_key", "customer_id", "acked_hash", "sf_id",
                                  "error", "attempts", "acked_at", "updated_at"), rows,
@@ -325,7 +325,8 @@ class Pusher:
             if fail_rows:
                 ph = placeholders(1)
                 # keep acked_hash: the record is sent again next run; count the attempts
-                upsert(SfPushState, ("source_id", "object_name", "record_key", "customer_id", "error", "updated_at"),
+                upsert(SfPushState, ("source_id", "object_name", "record_key", "customer_id", "error", "attempts",
+                                     "updated_at"),
                        fail_rows, ("source_id", "object_name", "record_key"), ("error", "updated_at"))
                 for start in range(0, len(fails), 500):
                     keys = [item[0] for item, _ in fails[start:start + 500]]

@@ -142,3 +142,194 @@ def test_bulk_above_the_threshold_and_collections_below(erp, org_server):
     assert run.objects["push_invoice"]["method"] == "bulk"
     jobs = org_server.stats()["ingest_jobs"]
     assert len(jobs) == 2 and set(jobs.values()) == {"JobComplete"}, jobs
+
+
+def pushed_keys(server, sobject: str) -> set[str]:
+    return {r["ARHub_Key__c"] for r in org_records(server, f"SELECT ARHub_Key__c FROM {sobject}")}
+
+
+def test_the_reserve_stops_the_push_midway_and_the_next_run_resumes(erp, org_server):
+    """Summaries fit in the budget above the reserve, invoices do not: the run sends the
+    summaries, stops before crossing the reserve and says so; only acknowledged records are
+    marked sent, and the next run sends exactly the rest."""
+    sf_source = add_salesforce(org_server, budget_reserve=500, bulk_threshold=10_000)
+    run_sf(sf_source, push=False)
+    org_server.set_budget(max=1000, used=1000 - 503)  # two describes and one collection call above the reserve
+    run, _ = run_sf(sf_source, pull=False)
+    assert run.status == "partial", run.errors
+    assert any("reserve" in str(e.get("warning", "")) for e in run.errors), run.errors
+    assert org_server.stats()["api_used"] == 1000 - 500, "not one call into the reserve"
+    assert run.objects["push_summary"]["acknowledged"] == run.objects["push_summary"]["changed"] > 0
+    assert run.objects["push_invoice"]["acknowledged"] == 0
+    assert run.objects["push_invoice"]["deferred"] == run.objects["push_invoice"]["changed"] > 0
+    assert SfPushState.select().where(SfPushState.object_name == "AR_Invoice__c").count() == 0
+    org_server.set_budget(max=100_000, used=0)
+    resumed, _ = run_sf(sf_source, pull=False)
+    assert resumed.status == "succeeded", resumed.errors
+    assert resumed.objects["push_summary"]["changed"] == 0, "acknowledged summaries are not sent again"
+    assert resumed.objects["push_invoice"]["acknowledged"] == run.objects["push_invoice"]["deferred"]
+    assert len(pushed_keys(org_server, "AR_Invoice__c")) == resumed.objects["push_invoice"]["acknowledged"]
+
+
+def test_a_budget_spent_elsewhere_is_refused_by_salesforce_and_nothing_is_lost(erp, org_server):
+    """Another integration spends the org's budget after we last looked: Salesforce answers
+    REQUEST_LIMIT_EXCEEDED, the run ends partial naming it, nothing is marked sent, and the
+    next run (budget reset) sends everything."""
+    from middleware.sf_sync import describe_push_objects
+
+    sf_source = add_salesforce(org_server, budget_reserve=0, bulk_threshold=10_000)
+    connector = make_salesforce_connector(Source.get_by_id(sf_source.id), sleep=lambda s: None)
+    try:
+        run_sf(sf_source, push=False, connector=connector)
+        describe_push_objects(Source.get_by_id(sf_source.id), connector)  # cached: the push needs no describe
+        org_server.set_budget(max=1000, used=1000)
+        run, _ = run_sf(sf_source, pull=False, connector=connector)
+    finally:
+        connector.close()
+    assert run.status == "partial", run.errors
+    assert any("budget spent" in str(e.get("warning", "")) for e in run.errors), run.errors
+    assert SfPushState.select().count() == 0
+    org_server.set_budget(max=100_000, used=0)
+    resumed, _ = run_sf(sf_source, pull=False)
+    assert resumed.status == "succeeded"
+    assert resumed.objects["push_summary"]["acknowledged"] == run.objects["push_summary"]["candidates"]
+
+
+def test_lock_errors_in_a_collection_call_are_retried_and_failures_kept_for_the_next_run(erp, org_server):
+    """Per-record UNABLE_TO_LOCK_ROW results are retried once in the run; what still fails is
+    recorded with its error, not acknowledged, and the next run sends exactly those."""
+    sf_source = add_salesforce(org_server, bulk_threshold=10_000)
+    run_sf(sf_source, push=False)
+    org_server.set_faults(lock_row_rate=0.5, seed=3)
+    run, _ = run_sf(sf_source, pull=False)
+    failed = run.objects["push_summary"]["failed"] + run.objects["push_invoice"]["failed"]
+    assert failed > 0 and run.status == "partial"
+    errors = [s.error for s in SfPushState.select().where(SfPushState.error.is_null(False))]
+    assert len(errors) == failed and all("UNABLE_TO_LOCK_ROW" in e for e in errors)
+    org_server.clear_faults()
+    again, _ = run_sf(sf_source, pull=False)
+    assert again.status == "succeeded", again.errors
+    resent = again.objects["push_summary"]["changed"] + again.objects["push_invoice"]["changed"]
+    assert resent == failed
+    assert SfPushState.select().where(SfPushState.error.is_null(False)).count() == 0
+
+
+def test_failed_rows_of_a_bulk_job_are_read_back_and_retried(erp, org_server):
+    """A Bulk API 2.0 job where some rows fail: the failed rows (failedResults) are recorded
+    with Salesforce's error and sent again next run; the rest is acknowledged."""
+    sf_source = add_salesforce(org_server, bulk_threshold=10)
+    run_sf(sf_source, push=False)
+    org_server.set_faults(lock_row_rate=0.3, seed=5)
+    run, _ = run_sf(sf_source, pull=False)
+    assert run.objects["push_invoice"]["method"] == "bulk"
+    failed = run.objects["push_summary"]["failed"] + run.objects["push_invoice"]["failed"]
+    assert failed > 0
+    assert all("UNABLE_TO_LOCK_ROW" in s.error for s in SfPushState.select().where(SfPushState.error.is_null(False)))
+    org_server.clear_faults()
+    again, _ = run_sf(sf_source, pull=False)
+    assert again.objects["push_summary"]["changed"] + again.objects["push_invoice"]["changed"] == failed
+    assert again.status == "succeeded"
+
+
+def test_a_field_deleted_in_the_org_is_named_and_nothing_is_pushed(erp, org_server):
+    """An admin deletes AR_Summary__c.Tags__c after the mapping was made: the check names the
+    field, the push sends nothing, and the run fails with that reason."""
+    sf_source = add_salesforce(org_server)
+    run_sf(sf_source)
+    org_server.drop_field("AR_Summary__c", "Tags__c")
+    connector = make_salesforce_connector(Source.get_by_id(sf_source.id))
+    try:
+        problems = check(Source.get_by_id(sf_source.id), connector)
+    finally:
+        connector.close()
+    assert [(p.object, p.field) for p in problems] == [("AR_Summary__c", "Tags__c")]
+    assert "does not exist" in problems[0].message
+    org_server.reset_stats()
+    run, _ = run_sf(sf_source, pull=False, full=True)
+    assert run.status == "failed"
+    assert any(e.get("field") == "Tags__c" for e in run.errors), run.errors
+    assert "Tags__c" in run.message
+    assert not any("composite" in k or "ingest" in k for k in org_server.stats()["by_endpoint"]), "nothing was sent"
+
+
+def test_an_expired_session_is_renewed_without_failing_the_run(erp, org_server):
+    """Sessions expire: the connector logs in again once and the run carries on."""
+    sf_source = add_salesforce(org_server)
+    connector = make_salesforce_connector(Source.get_by_id(sf_source.id), sleep=lambda s: None)
+    try:
+        run_sf(sf_source, push=False, connector=connector)
+        org_server.expire_sessions()
+        run, _ = run_sf(sf_source, pull=False, connector=connector)
+    finally:
+        connector.close()
+    assert run.status == "succeeded", run.errors
+    assert run.objects["push_summary"]["acknowledged"] > 0
+
+
+@pytest.mark.parametrize("auth", ["password", "soap", "client_credentials"])
+def test_each_login_flow_reaches_the_org(db, org_server, auth):
+    """Username-password OAuth, the SOAP login simple-salesforce uses, and client credentials."""
+    from middleware.sf_sync import describe_push_objects
+
+    source = add_salesforce(org_server, auth=auth)
+    connector = make_salesforce_connector(source)
+    try:
+        described = describe_push_objects(source, connector, refresh=True)
+    finally:
+        connector.close()
+    assert described["AR_Summary__c"]["name"] == "AR_Summary__c"
+    assert connector.instance_url.startswith("https://127.0.0.1:")
+
+
+def test_a_wrong_password_fails_the_run_with_the_reason_and_no_secret(db, org_server):
+    """Bad credentials: the run fails naming the login URL and Salesforce's reason, never the password."""
+    source = add_salesforce(org_server)
+    configure_salesforce("salesforce", load_preset("salesforce"),
+                         credentials=dict(SANDBOX_CREDENTIALS, password="wrong-Pa55"))
+    run, _ = run_sf(source)
+    assert run.status == "failed"
+    assert "login" in run.message and org_server.url in run.message
+    assert "wrong-Pa55" not in run.message and SANDBOX_CREDENTIALS["security_token"] not in run.message
+
+
+def test_jwt_bearer_login(db, book):
+    """The JWT bearer flow signs an assertion with the connected app's key; the org checks it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    with SalesforceServer(Org.from_book(book, seed=5), jwt_public_key=public) as server:
+        source = configure_salesforce("salesforce", load_preset("salesforce"),
+                                      connection={"login_url": server.url, "ca_bundle": server.ca_file, "auth": "jwt"},
+                                      credentials={"client_id": SANDBOX_CREDENTIALS["client_id"],
+                                                   "username": SANDBOX_CREDENTIALS["username"], "private_key": private})
+        connector = make_salesforce_connector(source)
+        try:
+            assert connector.limits()["DailyApiRequests"]["Max"] > 0
+        finally:
+            connector.close()
+
+
+def test_salesforce_errors_are_translated_at_the_connector(db, org_server):
+    """MALFORMED_QUERY and INVALID_FIELD come back as SalesforceRequestError with the codes;
+    REQUEST_LIMIT_EXCEEDED as ApiLimitExceeded."""
+    from connectors.exceptions import ApiLimitExceeded, SalesforceRequestError
+
+    source = add_salesforce(org_server)
+    connector = make_salesforce_connector(source)
+    try:
+        with pytest.raises(SalesforceRequestError) as bad_field:
+            list(connector.pull("Account", ["No_Such_Field__c"], None))
+        assert bad_field.value.codes == ["INVALID_FIELD"]
+        with pytest.raises(SalesforceRequestError) as malformed:
+            list(connector.query_pages("SELEKT Id FROM Account"))
+        assert malformed.value.codes == ["MALFORMED_QUERY"]
+        org_server.set_budget(max=10, used=10)
+        with pytest.raises(ApiLimitExceeded):
+            connector.describe("Account")
+    finally:
+        connector.close()
