@@ -333,3 +333,85 @@ def test_salesforce_errors_are_translated_at_the_connector(db, org_server):
             connector.describe("Account")
     finally:
         connector.close()
+
+
+def test_account_fields_become_tags_and_a_changed_account_retags(erp, org_server):
+    """Tag rules on account fields: Type = 'Strategic' tags the linked customer 'strategic'; when
+    the account's Type changes in Salesforce the next pull removes the tag; manual tags stay."""
+    from middleware.models import CustomerTag, Tag
+
+    sf_source = add_salesforce(org_server)
+    run_sf(sf_source, push=False)
+    strategic = {a.sf_id for a in SfAccount.select().where(SfAccount.account_type == "Strategic")}
+    tagged = {c.sf_account_id for c in Customer.select().join(CustomerTag, on=(CustomerTag.customer == Customer.id))
+              .join(Tag).where(Tag.name == "strategic")}
+    linked_strategic = {c.sf_account_id for c in Customer.select().where(Customer.sf_account_id.in_(list(strategic)))}
+    assert linked_strategic, "the seed has strategic accounts linked to customers"
+    assert tagged == linked_strategic
+    customer = Customer.get(Customer.sf_account_id == sorted(linked_strategic)[0])
+    vip, _ = Tag.get_or_create(name="vip")
+    CustomerTag.create(customer=customer, tag=vip, origin="manual")
+    org_server.org.update("Account", customer.sf_account_id, {"Type": "Customer"})
+    run_sf(sf_source, push=False)
+    names = {t.name for t in Tag.select().join(CustomerTag).where(CustomerTag.customer == customer.id)}
+    assert "strategic" not in names and "vip" in names
+
+
+def test_contacts_owner_and_open_renewals_from_salesforce(erp, org_server):
+    """The rep who owns the account, the AR contacts Salesforce adds (escalation, billing) merged
+    with the ERP's by email, and the open renewals closing soon are available per customer."""
+    from middleware.sf_pull import account_owner, merged_contacts, open_opportunities
+
+    sf_source = add_salesforce(org_server)
+    run_sf(sf_source, push=False)
+    org = org_server.org
+    linked = list(Customer.select().where(Customer.sf_account_id.is_null(False)))
+    customer = linked[0]
+    owner_id = org.tables["Account"][customer.sf_account_id]["OwnerId"]
+    owner = account_owner(customer)
+    assert owner["id"] == owner_id and owner["name"] == org.tables["User"][owner_id]["Name"]
+
+    with_escalation = next(c for c in linked if any(
+        r.get("AccountId") == c.sf_account_id and r.get("AR_Role__c") == "Escalation" and not r.get("IsDeleted")
+        for r in org.tables["Contact"].values()))
+    contacts = merged_contacts(with_escalation)
+    assert any(c["role"] == "escalation" and "salesforce" in c["origins"] for c in contacts)
+    emails = [c["email"].lower() for c in contacts if c.get("email")]
+    assert len(emails) == len(set(emails)), "one entry per person"
+
+    renewals = open_opportunities(as_of=AS_OF, within_days=90, types=["Renewal", "Expansion"])
+    expected = {c.id for c in linked if any(
+        o.get("AccountId") == c.sf_account_id and not o.get("IsClosed") and o.get("Type") in ("Renewal", "Expansion")
+        and date.fromisoformat(o["CloseDate"]) <= date.fromordinal(AS_OF.toordinal() + 90)
+        for o in org.tables["Opportunity"].values())}
+    assert expected and set(renewals) == expected
+
+
+def test_manual_links_and_unlinks_survive_later_syncs(erp, org_server):
+    """A person links a customer to another account and unlinks a second one: full pulls and
+    matching runs later keep both decisions."""
+    from middleware import matching
+
+    sf_source = add_salesforce(org_server)
+    run_sf(sf_source, push=False)
+    linked = list(Customer.select().where(Customer.sf_account_id.is_null(False)).order_by(Customer.id))
+    first, second = linked[0], linked[1]
+    other = next(a.sf_id for a in SfAccount.select() if a.sf_id not in (first.sf_account_id, second.sf_account_id))
+    matching.link(first.id, other, actor="ana@example.com")
+    matching.unlink(second.id, actor="ana@example.com")
+    run_sf(sf_source, push=False, full=True)
+    first, second = Customer.get_by_id(first.id), Customer.get_by_id(second.id)
+    assert (first.sf_account_id, first.match_state) == (other, "manual")
+    assert (second.sf_account_id, second.match_state) == (None, "manual_unlinked")
+
+
+def test_incremental_pull_reads_only_what_changed_and_sees_deletions(erp, org_server):
+    """After a full pull, the next one asks for records modified since (SystemModstamp) and
+    through queryAll sees an account deleted in Salesforce."""
+    sf_source = add_salesforce(org_server)
+    first, _ = run_sf(sf_source, push=False)
+    victim = next(iter(org_server.org.tables["Account"]))
+    org_server.org.delete("Account", victim)
+    second, _ = run_sf(sf_source, push=False)
+    assert second.objects["accounts"]["fetched"] < first.objects["accounts"]["fetched"] / 10
+    assert SfAccount.get(SfAccount.sf_id == victim).is_deleted
