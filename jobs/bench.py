@@ -123,33 +123,59 @@ def _floor_write(source_id: int) -> float:
 
 
 class _SandboxProcess:
-    """The sandbox in its own process (``arhub sandbox serve``), so it does not share our GIL."""
+    """The sandbox in its own process (``arhub sandbox serve``), so it does not share our GIL.
 
-    def __init__(self, customers: int, invoices: int):
+    ERP emulators only (``--no-salesforce``) unless ``salesforce_ca`` names where the Salesforce
+    emulator's CA is to be written: it then also serves Salesforce over HTTPS on a free port
+    (``salesforce_url``; its org is seeded from the same book on the first request)."""
+
+    def __init__(self, customers: int, invoices: int, *, salesforce_ca: str | None = None):
         import socket
         import subprocess
         import sys
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.netsuite_url, self.xero_url = self.url + "/netsuite", self.url + "/xero"
-        self.proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--port", str(self.port),
-                                      "--customers", str(customers), "--invoices", str(invoices), "--seed", "1"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        args = [sys.executable, "-m", "jobs.cli", "sandbox", "serve", "--port", str(self.port),
+                "--customers", str(customers), "--invoices", str(invoices), "--seed", "1"]
+        self.salesforce_ca = salesforce_ca
+        self.salesforce_url: str | None = None
+        if salesforce_ca:
+            sf_port = free_port()
+            while sf_port == self.port:
+                sf_port = free_port()
+            self.salesforce_url = f"https://127.0.0.1:{sf_port}"
+            args += ["--salesforce-port", str(sf_port), "--ca-file", salesforce_ca]
+        else:
+            args.append("--no-salesforce")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def __enter__(self):
         deadline = time.monotonic() + 600
+        erp_up = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sandbox exited with {self.proc.returncode}")
             try:
-                requests.get(self.url + "/_sandbox/book", timeout=2).raise_for_status()
+                if erp_up is None:
+                    requests.get(self.url + "/_sandbox/book", timeout=2).raise_for_status()
+                    erp_up = time.monotonic()
+                if self.salesforce_url:  # started before the ERP server: it answers now or never
+                    requests.get(self.salesforce_url + "/_sandbox/stats", verify=self.salesforce_ca,
+                                 timeout=10).raise_for_status()
                 return self
             except requests.RequestException:
+                if erp_up is not None and time.monotonic() - erp_up > 30:
+                    break
                 time.sleep(0.5)
-        raise RuntimeError("sandbox did not start")
+        self.__exit__()
+        raise RuntimeError("sandbox did not start" + (" its Salesforce emulator" if erp_up is not None else ""))
 
     def mutate(self, action: dict):
         resp = requests.post(self.url + "/_sandbox/mutate", json=action, timeout=600)

@@ -494,5 +494,25 @@ def bench_ingest(path, customers, invoices, changed, db_kind, pg_url, as_json) -
         console.print(table)
 
 
+@bench.command("salesforce")
+@click.option("--accounts", required=True, type=int, help="ERP customers (and Salesforce accounts seeded from them)")
+@click.option("--invoices", type=int, help="ERP invoices [default: 3 x accounts]")
+@click.option("--changed", default=11000, show_default=True, help="invoices changed before the incremental push")
+@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+              help="server for --db postgres (a scratch database is created and dropped)")
+@click.option("--json", "as_json", is_flag=True)
+def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> None:
+    """Full and incremental AR push to the Salesforce emulator, in API calls and seconds, against one call a record."""
+    from jobs.bench_salesforce import render, salesforce
+
+    result = salesforce(accounts=accounts, invoices=invoices, changed=changed, db_kind=db_kind, pg_url=pg_url,
+                        log=None if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        console.print(render(result, f"Salesforce push bench ({accounts:,} accounts, {db_kind})"))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
