@@ -329,7 +329,8 @@ def standard_types() -> list[SObjectType]:
         _text("BillingCountry", 80),
         _pick("BillingCountryCode", tuple(COUNTRIES), restricted=True, label="Billing Country Code"),
         FieldDef("Website", "url", length=255), FieldDef("Phone", "phone", length=40, label="Account Phone"),
-        _money("AnnualRevenue", 18, 0), _currency_field(), _owner(),
+        _money("AnnualRevenue", 18, 0), FieldDef("NumberOfEmployees", "int", label="Employees", precision=8),
+        _currency_field(), _owner(),
         FieldDef("Description", "textarea", length=32000, label="Account Description"),
         _text("ERP_Customer_Number__c", 40, label="ERP Customer Number", external_id=True, unique=True),
         _pick("Customer_Tier__c", ("Enterprise", "Mid-Market", "SMB"), restricted=True),
@@ -342,6 +343,8 @@ def standard_types() -> list[SObjectType]:
         FieldDef("Email", "email", length=80), FieldDef("Phone", "phone", length=40, label="Business Phone"),
         _text("Title", 128), _currency_field(), _owner(),
         _pick("AR_Role__c", ("Billing", "Escalation"), restricted=True, label="AR Role"),
+        FieldDef("Preferred_Channels__c", "multipicklist", length=4099, picklist=("Email", "Phone", "Portal", "Post"),
+                 restricted=True),
     ])
     opportunity = SObjectType("Opportunity", "Opportunity", "Opportunities", "006", sysf() + [
         _ref("AccountId", "Account", "Account", "Opportunities", cascade_delete=True),
@@ -352,7 +355,9 @@ def standard_types() -> list[SObjectType]:
                  nillable=False, calculated=True),
         FieldDef("IsWon", "boolean", label="Won", createable=False, updateable=False, default=False,
                  nillable=False, calculated=True),
-        FieldDef("CloseDate", "date", nillable=False), _money("Amount", 18, 2), _currency_field(), _owner(),
+        FieldDef("CloseDate", "date", nillable=False), _money("Amount", 18, 2),
+        FieldDef("Probability", "percent", label="Probability (%)", precision=3, scale=0),
+        _currency_field(), _owner(),
     ])
     aging = [_money(n) for n in ("Aging_Current__c", "Aging_1_30__c", "Aging_31_60__c", "Aging_61_90__c",
                                  "Aging_91_Plus__c")]

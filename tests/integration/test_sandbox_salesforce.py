@@ -469,9 +469,10 @@ def test_describe_global_and_object_shapes(server, sf):
                                                                         "Reseller"]
     children = {c["relationshipName"]: c["childSObject"] for c in account["childRelationships"]}
     assert children["AR_Summaries__r"] == "AR_Summary__c" and children["Contacts"] == "Contact"
-    assert {f["type"] for f in desc["fields"] + account["fields"]} >= {
-        "id", "string", "textarea", "url", "phone", "picklist", "boolean", "date", "datetime", "currency",
-        "double", "reference"}
+    every = desc["fields"] + account["fields"] + sf.Contact.describe()["fields"] + sf.Opportunity.describe()["fields"]
+    assert {f["type"] for f in every} >= {
+        "id", "string", "textarea", "email", "url", "phone", "picklist", "multipicklist", "boolean", "date",
+        "datetime", "currency", "double", "int", "percent", "reference"}
     with pytest.raises(SalesforceResourceNotFound) as exc:
         sf.Nope__c.describe()
     assert exc.value.content[0]["errorCode"] == "NOT_FOUND"
@@ -601,6 +602,42 @@ def test_single_record_field_errors(sf, obj, data, code, fragment, fields):
     assert fragment in error["message"]
     if fields is not None:
         assert error["fields"] == fields
+
+
+def test_int_percent_and_multi_select_values(server, sf):
+    """int and percent fields round to their scale and keep to their precision; a restricted
+    multi-select picklist takes ';'-separated listed values only."""
+    aid = sf.Account.create({"Name": "Typed", "NumberOfEmployees": "120.4"})["id"]
+    assert sf.Account.get(aid)["NumberOfEmployees"] == 120
+    cid = sf.Contact.create({"LastName": "Typed", "AccountId": aid, "Preferred_Channels__c": "Email; Portal"})["id"]
+    assert sf.Contact.get(cid)["Preferred_Channels__c"] == "Email;Portal"
+    oid = sf.Opportunity.create({"Name": "Typed", "StageName": "Closed Won", "CloseDate": "2026-01-31",
+                                 "Probability": 100, "AccountId": aid})["id"]
+    opp = sf.Opportunity.get(oid)
+    assert (opp["Probability"], opp["IsClosed"], opp["IsWon"]) == (100.0, True, True)
+    for obj, data, code in (("Account", {"Name": "x", "NumberOfEmployees": 123456789}, "NUMBER_OUTSIDE_VALID_RANGE"),
+                            ("Opportunity", {"Name": "x", "StageName": "Prospecting", "CloseDate": "2026-01-01",
+                                             "Probability": 1000}, "NUMBER_OUTSIDE_VALID_RANGE"),
+                            ("Contact", {"LastName": "x", "Preferred_Channels__c": "Email;Fax"},
+                             "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST")):
+        with pytest.raises(SalesforceMalformedRequest) as exc:
+            getattr(sf, obj).create(data)
+        assert exc.value.content[0]["errorCode"] == code
+
+
+def test_updated_and_deleted_replication_endpoints(server, sf):
+    """sobjects/<Object>/updated and /deleted list the ids changed or deleted in a time window."""
+    start = datetime.now(timezone.utc) - timedelta(seconds=5)
+    rid = sf.AR_Summary__c.create({"Name": "repl", "ARHub_Key__c": "repl-1"})["id"]
+    gone = sf.AR_Summary__c.create({"Name": "repl", "ARHub_Key__c": "repl-2"})["id"]
+    sf.AR_Summary__c.delete(gone)
+    end = datetime.now(timezone.utc) + timedelta(seconds=5)
+    updated = sf.AR_Summary__c.updated(start, end)
+    assert rid in updated["ids"] and gone not in updated["ids"]
+    deleted = sf.AR_Summary__c.deleted(start, end)
+    dates = {d["id"]: d["deletedDate"] for d in deleted["deletedRecords"]}
+    assert gone in dates and rid not in dates  # (other tests delete summaries in the same window)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+0000", dates[gone])
 
 
 def test_duplicate_external_id_value_is_duplicate_value(server, sf):
