@@ -68,3 +68,11 @@ def sync_salesforce(source_name: str | None = None, pull: bool = True, push: boo
 def push_ar_status(source_name: str | None = None) -> dict:
     """RQ job: push only (after an ERP sync changed balances)."""
     return sync_salesforce(source_name, pull=False, push=True)
+
+
+def sync_salesforce_all() -> list[dict]:
+    """RQ job (cron): every enabled Salesforce source, one after the other."""
+    from jobs.bootstrap import bootstrap
+
+    bootstrap()
+    return [sync_salesforce(source.name) for source in salesforce_sources()]

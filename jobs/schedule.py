@@ -6,11 +6,15 @@ a duplicate enqueue during a restart is harmless.
 
 * ``jobs.sync.sync_erp_all`` on queue ``sync`` every ``ARHUB_SYNC_INTERVAL_MINUTES``
   (default 15). The interval starts when the cron process starts (first run at once).
+* ``jobs.salesforce.sync_salesforce_all`` on queue ``sync`` every
+  ``ARHUB_SALESFORCE_INTERVAL_MINUTES`` (default 30): pull, match and push what changed
+  (an unchanged account costs no API call).
 """
 from __future__ import annotations
 
 from rq import cron
 
+from jobs.salesforce import sync_salesforce_all
 from jobs.sync import sync_erp_all
 from middleware.settings import get_settings
 
@@ -24,4 +28,12 @@ cron.register(
     interval=_settings.sync_interval_minutes * 60,
     job_timeout=SYNC_JOB_TIMEOUT_SECONDS,
     name="sync-erp-all",
+)
+
+cron.register(
+    sync_salesforce_all,
+    queue_name="sync",
+    interval=_settings.salesforce_interval_minutes * 60,
+    job_timeout=SYNC_JOB_TIMEOUT_SECONDS,
+    name="sync-salesforce-all",
 )

@@ -81,6 +81,7 @@ class Settings:
     reporting_currency: str = "USD"
     timezone: str = "UTC"
     sync_interval_minutes: int = 15
+    salesforce_interval_minutes: int = 30
     sync_chunk_size: int = 2000
     sync_commit_rows: int = 20000
     cursor_overlap_seconds: int = 300
@@ -247,6 +248,7 @@ def load_settings(
         reporting_currency=get("ARHUB_REPORTING_CURRENCY", _currency, "USD"),
         timezone=get("ARHUB_TIMEZONE", _timezone, "UTC"),
         sync_interval_minutes=get("ARHUB_SYNC_INTERVAL_MINUTES", _positive_int, 15),
+        salesforce_interval_minutes=get("ARHUB_SALESFORCE_INTERVAL_MINUTES", _positive_int, 30),
         sync_chunk_size=get("ARHUB_SYNC_CHUNK_SIZE", _positive_int, 2000),
         sync_commit_rows=get("ARHUB_SYNC_COMMIT_ROWS", _positive_int, 20000),
         cursor_overlap_seconds=get("ARHUB_CURSOR_OVERLAP_SECONDS", _non_negative_int, 300),
@@ -287,6 +289,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         "ARHUB_REPORTING_CURRENCY": settings.reporting_currency,
         "ARHUB_TIMEZONE": settings.timezone,
         "ARHUB_SYNC_INTERVAL_MINUTES": settings.sync_interval_minutes,
+        "ARHUB_SALESFORCE_INTERVAL_MINUTES": settings.salesforce_interval_minutes,
         "ARHUB_SYNC_CHUNK_SIZE": settings.sync_chunk_size,
         "ARHUB_SYNC_COMMIT_ROWS": settings.sync_commit_rows,
         "ARHUB_CURSOR_OVERLAP_SECONDS": settings.cursor_overlap_seconds,

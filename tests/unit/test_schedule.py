@@ -4,6 +4,7 @@ from __future__ import annotations
 import redis
 from rq.cron import CronScheduler
 
+from jobs.salesforce import sync_salesforce_all
 from jobs.sync import sync_erp_all
 
 
@@ -16,7 +17,7 @@ def test_registers_erp_sync_every_configured_interval(settings, monkeypatch):
     reset_settings()
     scheduler = CronScheduler(connection=redis.Redis())  # no I/O until start()
     scheduler.load_config_from_file("jobs.schedule")
-    [job] = scheduler.get_jobs()
+    [job] = [j for j in scheduler.get_jobs() if j.name == "sync-erp-all"]
     assert job.func is sync_erp_all
     assert job.queue_name == "sync"
     assert job.interval == 7 * 60
@@ -24,8 +25,22 @@ def test_registers_erp_sync_every_configured_interval(settings, monkeypatch):
     assert job.name == "sync-erp-all"
 
 
-def test_default_interval_is_15_minutes(settings):
-    """Without ARHUB_SYNC_INTERVAL_MINUTES the ERP sync runs every 15 minutes."""
+def test_default_intervals_are_15_and_30_minutes(settings):
+    """Without ARHUB_SYNC_INTERVAL_MINUTES the ERP sync runs every 15 minutes; without
+    ARHUB_SALESFORCE_INTERVAL_MINUTES the Salesforce sync every 30."""
     scheduler = CronScheduler(connection=redis.Redis())
     scheduler.load_config_from_file("jobs.schedule")
-    assert [j.interval for j in scheduler.get_jobs()] == [15 * 60]
+    assert {j.name: j.interval for j in scheduler.get_jobs()} == {"sync-erp-all": 15 * 60,
+                                                                  "sync-salesforce-all": 30 * 60}
+
+
+def test_registers_the_salesforce_sync(settings, monkeypatch):
+    """rq's cron finds sync_salesforce_all on queue `sync` every ARHUB_SALESFORCE_INTERVAL_MINUTES."""
+    from middleware.settings import reset_settings
+
+    monkeypatch.setenv("ARHUB_SALESFORCE_INTERVAL_MINUTES", "45")
+    reset_settings()
+    scheduler = CronScheduler(connection=redis.Redis())
+    scheduler.load_config_from_file("jobs.schedule")
+    [job] = [j for j in scheduler.get_jobs() if j.name == "sync-salesforce-all"]
+    assert job.func is sync_salesforce_all and job.queue_name == "sync" and job.interval == 45 * 60
