@@ -136,7 +136,8 @@ def _make_id(prefix: str, n: int) -> str:
 @dataclass
 class FieldDef:
     name: str
-    type: str  # id string textarea email url phone picklist multipicklist boolean date datetime currency double int percent reference
+    type: str  # id string textarea email url phone picklist multipicklist boolean date datetime currency
+    #            double int percent reference
     label: str = ""
     length: int = 0
     precision: int = 0
@@ -1787,9 +1788,10 @@ class SalesforceApp:
                 ids = [rid for rid, rec in org.tables[obj].items()
                        if not rec["IsDeleted"] and lo <= rec["SystemModstamp"] < hi]
                 return _json({"ids": ids, "latestDateCovered": hi})
-            gone = [{"deletedDate": stamp, "id": rid} for rid, stamp in org.deleted_at[obj].items() if lo <= stamp < hi]
-            return _json({"deletedRecords": gone, "earliestDateAvailable": sf_datetime(org.clock() - timedelta(days=15)),
-                          "latestDateCovered": hi})
+            gone = [{"deletedDate": stamp, "id": rid} for rid, stamp in org.deleted_at[obj].items()
+                    if lo <= stamp < hi]
+            earliest = sf_datetime(org.clock() - timedelta(days=15))
+            return _json({"deletedRecords": gone, "earliestDateAvailable": earliest, "latestDateCovered": hi})
 
     # ------------------------------------------------------------------ composite
     def composite(self, ctx: Context, parts: list[str]) -> Response:

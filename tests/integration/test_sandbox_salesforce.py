@@ -316,8 +316,9 @@ def test_parent_relationship_fields(server, sf):
     for row in rows:
         rec = org.tables["Account"][row["Id"]]
         owner = org.tables["User"][rec["OwnerId"]]
-        assert row["Owner"] == {"attributes": {"type": "User", "url": f"/services/data/v{V}/sobjects/User/{owner['Id']}"},
-                                "Name": owner["Name"], "Email": owner["Email"]}
+        url = f"/services/data/v{V}/sobjects/User/{owner['Id']}"
+        assert row["Owner"] == {"attributes": {"type": "User", "url": url}, "Name": owner["Name"],
+                                "Email": owner["Email"]}
         assert row["Parent"]["Name"] == org.tables["Account"][rec["ParentId"]]["Name"]
     orphan = sf.query("SELECT Id, Parent.Name FROM Account WHERE ParentId = null LIMIT 1")["records"][0]
     assert orphan["Parent"] is None
@@ -648,7 +649,8 @@ def test_duplicate_external_id_value_is_duplicate_value(server, sf):
         sf.Account.create({"Name": "Copy", "ERP_Customer_Number__c": number.lower()})
     error = exc.value.content[0]
     assert error["errorCode"] == "DUPLICATE_VALUE"
-    assert error["message"] == f"duplicate value found: ERP_Customer_Number__c duplicates value on record with id: {holder}"
+    assert error["message"] == ("duplicate value found: ERP_Customer_Number__c duplicates value on record with id: "
+                                f"{holder}")
 
 
 def test_inactive_owner_is_refused(server, sf):
@@ -914,8 +916,8 @@ def test_bulk2_query_job(server, session, token, sf):
 def test_dropped_field_disappears_everywhere(server, session, sf, token):
     """After an admin deletes Tags__c: describe lacks it, SOQL and writes naming it fail with
     INVALID_FIELD, and a bulk job with it in the header fails."""
-    assert session.post(server.url + "/_sandbox/drop_field",
-                        json={"object": "AR_Summary__c", "field": "Tags__c"}).json() == {"dropped": "AR_Summary__c.Tags__c"}
+    dropped = session.post(server.url + "/_sandbox/drop_field", json={"object": "AR_Summary__c", "field": "Tags__c"})
+    assert dropped.json() == {"dropped": "AR_Summary__c.Tags__c"}
     try:
         assert "Tags__c" not in {f["name"] for f in sf.AR_Summary__c.describe()["fields"]}
         with pytest.raises(SalesforceMalformedRequest) as exc:
