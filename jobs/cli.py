@@ -73,6 +73,17 @@ def db_snapshot(version: int, model_names: str) -> None:
 
 
 # ----------------------------------------------------------------- sources
+def _credentials(credentials_file, pairs) -> dict:
+    """``--credentials-file`` (JSON) and ``--credential KEY=VALUE`` options merged."""
+    credentials = json.load(credentials_file) if credentials_file else {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--credential")
+        credentials[key] = value
+    return credentials
+
+
 @main.group()
 def source() -> None:
     """ERP connections."""
@@ -91,12 +102,7 @@ def source_add(name, preset, endpoint, credentials_file, pairs, reset_mappings) 
     from middleware.sources import configure_source
 
     _ctx(migrate=True)
-    credentials = json.load(credentials_file) if credentials_file else {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--credential")
-        credentials[key] = value
+    credentials = _credentials(credentials_file, pairs)
     src = configure_source(name, load_preset(preset), endpoint=endpoint, credentials=credentials or None,
                            replace_mappings=reset_mappings, actor="cli")
     console.print(f"source {src.name!r} ({src.kind}, preset {src.preset}) saved; credentials encrypted")
@@ -284,12 +290,7 @@ def salesforce_add(name, preset, login_url, environment, auth, ca_bundle, creden
     from middleware.sources import SourceError, configure_salesforce
 
     _ctx(migrate=True)
-    credentials = json.load(credentials_file) if credentials_file else {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--credential")
-        credentials[key] = value
+    credentials = _credentials(credentials_file, pairs)
     connection = {k: v for k, v in {"login_url": login_url, "environment": environment, "auth": auth,
                                     "ca_bundle": str(Path(ca_bundle).resolve()) if ca_bundle else None}.items() if v}
     try:
