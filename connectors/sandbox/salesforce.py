@@ -254,8 +254,9 @@ class SObjectType:
     """One sObject's description: ordered fields, looked up case-insensitively."""
 
     def __init__(self, name: str, label: str, plural: str, key_prefix: str, fields: list[FieldDef],
-                 custom: bool = False):
+                 custom: bool = False, writable: bool = True):
         self.name, self.label, self.plural, self.key_prefix, self.custom = name, label, plural, key_prefix, custom
+        self.writable = writable
         self.fields: dict[str, FieldDef] = {}
         self.dropped: dict[str, FieldDef] = {}
         for f in fields:
@@ -301,13 +302,13 @@ class SObjectType:
 
     def summary(self, version: str) -> dict:
         base = f"/services/data/v{version}/sobjects/{self.name}"
-        return {"activateable": False, "createable": True, "custom": self.custom, "customSetting": False,
-                "deletable": True, "deprecatedAndHidden": False, "feedEnabled": False, "hasSubtypes": False,
+        return {"activateable": False, "createable": self.writable, "custom": self.custom, "customSetting": False,
+                "deletable": self.writable, "deprecatedAndHidden": False, "feedEnabled": False, "hasSubtypes": False,
                 "isSubtype": False, "keyPrefix": self.key_prefix, "label": self.label,
                 "labelPlural": self.plural, "layoutable": True, "mergeable": self.name in ("Account", "Contact"),
                 "mruEnabled": True, "name": self.name, "queryable": True, "replicateable": True,
-                "retrieveable": True, "searchable": True, "triggerable": True, "undeletable": True,
-                "updateable": True,
+                "retrieveable": True, "searchable": True, "triggerable": True, "undeletable": self.writable,
+                "updateable": self.writable,
                 "urls": {"sobject": base, "describe": base + "/describe", "rowTemplate": base + "/{ID}"}}
 
 
@@ -391,7 +392,16 @@ def standard_types() -> list[SObjectType]:
         _text("PO_Number__c", 80, label="PO Number"), FieldDef("Last_Synced_At__c", "datetime"),
         _currency_field(), _owner(),
     ], custom=True)
-    return [user, account, contact, opportunity, summary, invoice]
+    ro = {"createable": False, "updateable": False}
+    organization = SObjectType("Organization", "Organization", "Organizations", "00D", [
+        FieldDef("Id", "id", label="Organization ID", length=18, nillable=False, **ro),
+        _text("Name", 80, **ro), FieldDef("IsSandbox", "boolean", default=True, **ro),
+        _text("OrganizationType", 40, **ro), _text("InstanceName", 5, **ro),
+        _text("DefaultLocaleSidKey", 40, **ro), _text("TimeZoneSidKey", 40, **ro),
+        FieldDef("IsDeleted", "boolean", default=False, **ro), FieldDef("CreatedDate", "datetime", **ro),
+        FieldDef("SystemModstamp", "datetime", **ro),
+    ], writable=False)
+    return [user, account, contact, opportunity, summary, invoice, organization]
 
 
 # =============================================================================== errors
@@ -496,6 +506,10 @@ class Org:
             "IsActive": True}, None, now)
         for rec in self.tables["User"].values():  # the first user created itself
             rec["CreatedById"] = rec["LastModifiedById"] = self.api_user_id
+        self.tables["Organization"][org_id] = {
+            "Id": org_id, "Name": "arhub Sandbox", "IsSandbox": True, "OrganizationType": "Enterprise Edition",
+            "InstanceName": "SBX1", "DefaultLocaleSidKey": "en_US", "TimeZoneSidKey": "UTC", "IsDeleted": False,
+            "CreatedDate": now, "SystemModstamp": now}
 
     # ------------------------------------------------------------------ schema
     def add_type(self, sobject: SObjectType) -> None:
@@ -911,8 +925,14 @@ class Org:
         raise SfError("INVALID_TYPE_ON_FIELD_IN_RECORD", f"{label}: value not of required type: {raw}", [f.name])
 
     # ------------------------------------------------------------------ writes
+    def _writable(self, obj: str, verb: str) -> None:
+        if not self.types[obj].writable:
+            raise RecordError([SfError("CANNOT_INSERT_UPDATE_ACTIVATE_ENTITY",
+                                       f"entity type cannot be {verb}: {obj}", [])])
+
     def create(self, obj: str, data: dict, user_id: str | None = None) -> str:
         with self.lock:
+            self._writable(obj, "inserted")
             values = self.clean(obj, data, creating=True)
             return self._insert_raw(obj, values, user_id, sf_datetime(self.clock()))
 
@@ -920,6 +940,7 @@ class Org:
         with self.lock:
             rec = self.get(obj, rid)
             rid = rec["Id"]
+            self._writable(obj, "updated")
             values = self.clean(obj, data, creating=False, record_id=rid)
             self._remember(obj, rid)
             old = dict(rec)
@@ -957,6 +978,7 @@ class Org:
             rec = self.tables[obj].get(full) if full else None
             if rec is None:
                 raise ApiError(404, "NOT_FOUND", "The requested resource does not exist")
+            self._writable(obj, "deleted")
             if rec["IsDeleted"] and not hard:
                 raise RecordError([SfError("ENTITY_IS_DELETED", "entity is deleted", [])], 404)
             now = sf_datetime(self.clock())

@@ -137,6 +137,7 @@ def test_password_grant_returns_a_bearer_token_for_the_instance(server, session)
     assert body["id"].endswith(f"/id/{CREDS['organization_id']}/{server.org.api_user_id}")
     sf = Salesforce(instance_url=body["instance_url"], session_id=body["access_token"], session=session)
     assert sf.query("SELECT Id FROM User WHERE Username = '%s'" % CREDS["username"])["totalSize"] == 1
+    assert sf.is_sandbox() is True  # SELECT IsSandbox FROM Organization
 
 
 def test_bad_password_is_invalid_grant(server, session):
