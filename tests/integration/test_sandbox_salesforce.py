@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from simple_salesforce import Salesforce
 from simple_salesforce.exceptions import (SalesforceAuthenticationFailed, SalesforceExpiredSession,
                                           SalesforceGeneralError, SalesforceMalformedRequest,
-                                          SalesforceMoreThanOneRecord, SalesforceRefusedRequest,
-                                          SalesforceResourceNotFound)
+                                          SalesforceMoreThanOneRecord, SalesforceOperationError,
+                                          SalesforceRefusedRequest, SalesforceResourceNotFound)
 from simple_salesforce.login import SalesforceLogin
 
 from connectors.sandbox.book import Book
@@ -899,7 +899,7 @@ def test_bulk2_bad_header_fails_the_job(server, session, token):
     bad = api(session, server, token, "POST", "jobs/ingest", json={
         "object": "AR_Summary__c", "operation": "upsert", "externalIdFieldName": "Name"})
     assert bad.status_code == 400 and bad.json()[0]["errorCode"] == "INVALIDJOB"
-    with pytest.raises(Exception, match="Field name not found"):
+    with pytest.raises(SalesforceOperationError, match="Field name not found"):
         Salesforce(instance_url=server.url, session_id=token, session=session).bulk2.AR_Summary__c.insert(
             records=[{"Name": "x", "Nope__c": "1"}], wait=0.05)
 
@@ -928,7 +928,7 @@ def test_dropped_field_disappears_everywhere(server, session, sf, token):
             sf.AR_Summary__c.upsert("ARHub_Key__c/drop-1", {"Name": "x", "Tags__c": "vip"})
         assert exc.value.content[0] == {"message": "No such column 'Tags__c' on sobject of type AR_Summary__c",
                                         "errorCode": "INVALID_FIELD", "fields": []}
-        with pytest.raises(Exception, match="Field name not found : Tags__c"):
+        with pytest.raises(SalesforceOperationError, match="Field name not found : Tags__c"):
             sf.bulk2.AR_Summary__c.upsert(records=[{"ARHub_Key__c": "drop-2", "Name": "x", "Tags__c": "a"}],
                                           external_id_field="ARHub_Key__c", wait=0.05)
     finally:
