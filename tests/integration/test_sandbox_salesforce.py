@@ -1,4 +1,4 @@
-"""The Salesforce emulator (connectors/sandbox/salesforce.py) driven by simple-salesforce over HTTPS.
+"""The Salesforce emulator (connectors/sandbox/salesforce/) driven by simple-salesforce over HTTPS.
 
 One small org per module (300 ERP customers); every call goes over real TLS on loopback. The
 environment may set REQUESTS_CA_BUNDLE, which requests lets override ``session.verify``; the
