@@ -91,16 +91,21 @@ class _Meter:
             self.slept += seconds
             sleep(seconds)
 
-        connector._call, connector.sleep = timed_call, timed_sleep
+        login = connector.login
+        self.login_seconds = 0.0
 
-    def reset(self) -> None:
-        self.calls.clear()
-        self.seconds.clear()
-        self.slept = 0.0
+        def timed_login():
+            t0 = time.perf_counter()
+            try:
+                return login()
+            finally:
+                self.login_seconds += time.perf_counter() - t0
+
+        connector._call, connector.sleep, connector.login = timed_call, timed_sleep, timed_login
 
     def report(self, total_seconds: float, served: dict) -> dict:
-        in_calls = sum(self.seconds.values())
-        return {"served_by_endpoint": dict(sorted(served.items())),
+        in_calls = sum(self.seconds.values()) + self.login_seconds
+        return {"served_by_endpoint": dict(sorted(served.items())), "login_seconds": round(self.login_seconds, 2),
                 "connector_calls": {k: {"calls": self.calls[k], "seconds": round(v, 2)}
                                     for k, v in sorted(self.seconds.items())},
                 "poll_sleep_seconds": round(self.slept, 2),
@@ -131,8 +136,8 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
     from jobs.bootstrap import bootstrap
     from jobs.salesforce import make_salesforce_connector
     from jobs.sync import load_preset, make_connector
-    from middleware.models import Customer, Source
-    from middleware.sf_push import Pusher
+    from middleware.models import Customer, SfPushState, Source
+    from middleware.sf_push import Pusher, payload_hash
     from middleware.sf_sync import SalesforceSync, describe_push_objects
     from middleware.sources import configure_salesforce, configure_source
     from middleware.sync import SyncService
@@ -170,20 +175,25 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
                     "salesforce", load_preset("salesforce"),
                     connection={"login_url": sandbox.salesforce_url, "ca_bundle": ca_file, "auth": "password"},
                     credentials=dict(SF))
-                connector = make_salesforce_connector(Source.get_by_id(sf_source.id))
-                meter = _Meter(connector)
                 control = _SalesforceControl(sandbox.salesforce_url, ca_file)
                 t0 = time.perf_counter()
-                connector.login()  # seeds the org from the book (its cost, not ours); a login is no API call
+                warm = make_salesforce_connector(Source.get_by_id(sf_source.id))
+                warm.login()  # seeds the org from the book (its cost, not ours); a login is no API call
+                warm.close()
                 say(f"Salesforce org seeded + login {time.perf_counter() - t0:.1f}s")
 
                 def sf_run(*, pull: bool, push: bool):
+                    """One run as ``run_salesforce`` does it: a new connector (and login) each time."""
                     source = Source.get_by_id(sf_source.id)
                     control.reset_stats()
-                    meter.reset()
                     started = time.perf_counter()
-                    run = SalesforceSync(source, connector, reporting_currency=ctx.settings.reporting_currency,
-                                         public_url=ctx.settings.public_url).run(pull=pull, push=push)
+                    connector = make_salesforce_connector(source)
+                    meter = _Meter(connector)
+                    try:
+                        run = SalesforceSync(source, connector, reporting_currency=ctx.settings.reporting_currency,
+                                             public_url=ctx.settings.public_url).run(pull=pull, push=push)
+                    finally:
+                        connector.close()
                     seconds = time.perf_counter() - started
                     if run.status not in ("succeeded", "partial"):
                         raise RuntimeError(f"Salesforce run failed: {run.message} {run.errors[:5]}")
@@ -215,15 +225,37 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
                 inc_records = sum(s.get("acknowledged", 0) for s in inc.values())
                 say(f"incremental push {inc_seconds:.1f}s, {inc_run.api_calls} calls: {inc_run.message}")
 
-                # 5. naive baseline: one PATCH per record, through the same connector's session
+                # what the push does before sending anything, repeated here on its own: build every
+                # payload from the store, hash it, read what Salesforce acknowledged
                 source = Source.get_by_id(sf_source.id)
-                spec = source.config["push"]["objects"]["summary"]
+                connector = make_salesforce_connector(source)
                 pusher = Pusher(source, connector, reporting_currency=ctx.settings.reporting_currency,
                                 public_url=ctx.settings.public_url,
                                 describes=describe_push_objects(source, connector))
-                summaries = pusher.build()["summary"][:naive_sample]
+                t0 = time.perf_counter()
+                built = pusher.build()
+                build_seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                for items in built.values():
+                    for _key, _cid, payload in items:
+                        payload_hash(payload)
+                hash_seconds = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                acked = SfPushState.select(SfPushState.record_key, SfPushState.acked_hash, SfPushState.sf_id) \
+                    .where(SfPushState.source == source.id).tuples()
+                acked_rows = sum(1 for _ in acked.iterator())
+                state_seconds = time.perf_counter() - t0
+                push_work = {"build_payloads_seconds": round(build_seconds, 2), "hash_seconds": round(hash_seconds, 2),
+                             "read_push_state_seconds": round(state_seconds, 2),
+                             "payloads": {role: len(items) for role, items in built.items()},
+                             "push_state_rows": acked_rows}
+                say(f"push work, repeated alone: build {build_seconds:.1f}s, hash {hash_seconds:.1f}s, "
+                    f"read push state {state_seconds:.1f}s")
+
+                # 5. naive baseline: one PATCH per record, through the same connector's session
+                spec = source.config["push"]["objects"]["summary"]
                 bodies = []
-                for key, _cid, payload in summaries:
+                for key, _cid, payload in built["summary"][:naive_sample]:
                     body = pusher._to_sf(spec, payload)
                     body.pop(spec["external_id"], None)  # the key is in the URL
                     bodies.append((key, body))
@@ -270,7 +302,7 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
             "full_push_speedup": ratio(naive_seconds, full_seconds),
             "incremental_speedup": ratio(naive_inc_seconds, inc_seconds),
             "pull_breakdown": pull_breakdown, "full_push_breakdown": full_breakdown,
-            "incremental_breakdown": inc_breakdown,
+            "incremental_breakdown": inc_breakdown, "push_work_alone": push_work,
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         }
     finally:
