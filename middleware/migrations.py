@@ -64,12 +64,21 @@ def _m0003_salesforce(db) -> None:
     migrate(SchemaMigrator.from_database(db).add_column("sync_run", "api_calls", models.IntegerField(null=True)))
 
 
+def _m0004_collections(db) -> None:
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    _replay(4)(db)
+    migrate(SchemaMigrator.from_database(db).add_column("customer", "timezone", models.CharField(null=True)))
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
     (2, "rejected records: resolved_at (landed later or reprocessed)", _m0002_rejected_resolved),
     (3, "Salesforce: tags, users, accounts, opportunities, match candidates, push state; sync_run.api_calls",
      _m0003_salesforce),
+    (4, "collections: users, assignment rules, templates, campaigns, variants, steps, dunning actions, messages, "
+        "activities; customer.timezone", _m0004_collections),
 ]
 
 

@@ -165,6 +165,7 @@ class Customer(BaseModel):
     arr = MoneyField(null=True)
     terms_days = IntegerField(null=True)
     locale = CharField(null=True)
+    timezone = CharField(null=True)  # IANA zone for sending windows (None: the company's)
     inactive = BooleanField(default=False)
     collector = CharField(null=True, index=True)
     sf_account_id = CharField(null=True, index=True)
@@ -459,8 +460,202 @@ class SfPushState(BaseModel):
         indexes = ((("source", "object_name", "record_key"), True),)
 
 
+
+# -- people, rules, campaigns, actions, messages, activities (migration 4) --------------
+
+
+class Role(str, Enum):
+    ADMIN = "admin"
+    COLLECTOR = "collector"
+    VIEWER = "viewer"
+
+
+class User(BaseModel):
+    """A person using arhub: admins, collectors (customers are assigned to them by email),
+    viewers. The console (login, passwords) builds on this row."""
+    email = CharField(unique=True)  # lower-case
+    name = CharField()
+    role = CharField(default=Role.COLLECTOR.value)
+    password_hash = CharField(null=True)
+    active = BooleanField(default=True)
+    timezone = CharField(default="UTC")
+    locale = CharField(default="en")
+    away_until = DateField(null=True)  # cover while away: work goes to ``cover`` until this date
+    cover = ForeignKeyField("self", null=True, on_delete="SET NULL")
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+
+class AssignmentRule(BaseModel):
+    """A rule that sets something on matching customers, in ``priority`` order (lowest first;
+    the first match wins for ``segment`` and ``collector``, every match adds for ``tag``).
+
+    ``kind``: ``tag`` | ``segment`` | ``collector``; ``conditions``: a JSON list of
+    ``{"field": ..., "op": ..., "value": ...}`` (all must hold) over customer fields (arr,
+    country, billing_currency, segment, tags, sf_owner_email, account_type, ...);
+    ``value``: the tag name, the segment name or the collector's email."""
+    kind = CharField()
+    name = CharField()
+    priority = IntegerField(default=100)
+    conditions = JSONField(default=list)
+    value = CharField()
+    enabled = BooleanField(default=True)
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("kind", "priority"), False),)
+
+
+class Template(BaseModel):
+    """An admin-edited message template (Jinja2, rendered in a sandbox), one per name and language."""
+    name = CharField()
+    language = CharField(default="en")
+    subject = TextField()
+    body_text = TextField()
+    body_html = TextField(null=True)
+    updated_at = UTCDateTimeField(default=utcnow)
+    updated_by = CharField(null=True)
+
+    class Meta:
+        indexes = ((("name", "language"), True),)
+
+
+class Campaign(BaseModel):
+    """A dunning policy: who it applies to (``audience``, a JSON rule) and what it sends when
+    (its steps). Each customer is in the enabled campaign of lowest ``priority`` whose audience
+    it matches."""
+    name = CharField(unique=True)
+    description = TextField(null=True)
+    priority = IntegerField(default=100)
+    audience = JSONField(default=dict)
+    enabled = BooleanField(default=True)
+    holdout_percent = IntegerField(default=0)  # customers held out of every step (A/B baseline)
+    min_invoice_amount = MoneyField(null=True)  # invoices under it (billing currency) are left out
+    skip_open_renewal_days = IntegerField(null=True)  # skip while a renewal/expansion closes within N days
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+
+class CampaignVariant(BaseModel):
+    """An A/B variant: ``weight`` shares the non-held-out customers; steps without a variant
+    belong to every variant, steps with one only to it."""
+    campaign = ForeignKeyField(Campaign, backref="variants", on_delete="CASCADE")
+    name = CharField()
+    weight = IntegerField(default=1)
+
+    class Meta:
+        indexes = ((("campaign", "name"), True),)
+
+
+class CampaignStep(BaseModel):
+    campaign = ForeignKeyField(Campaign, backref="steps", on_delete="CASCADE")
+    variant = ForeignKeyField(CampaignVariant, null=True, backref="steps", on_delete="CASCADE")
+    position = IntegerField()
+    name = CharField()
+    anchor = CharField(default="due")  # issue | sent | due | previous | promise
+    offset_days = IntegerField(default=0)  # negative: before the anchor
+    business_days = BooleanField(default=False)
+    window_start = CharField(default="09:00")  # sending window in the recipient's time zone
+    window_end = CharField(default="17:00")
+    channel = CharField(default="email")  # email | task
+    template = CharField(null=True)  # Template.name
+    attach_statement = BooleanField(default=False)
+    recipient_role = CharField(default="billing")  # billing | escalation
+    cc_collector = BooleanField(default=False)
+    approval = JSONField(null=True)  # e.g. {"arr_gte": "100000", "expires_days": 3}
+
+    class Meta:
+        indexes = ((("campaign", "position"), False),)
+
+
+class ActionStatus(str, Enum):
+    PLANNED = "planned"
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    TASK = "task"  # a collector task instead of an email
+    SKIPPED = "skipped"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+class DunningAction(BaseModel):
+    """One planned step for one customer on one date, listing its invoices. ``key`` is the
+    idempotency key (customer, invoices, step, variant, date): planning twice, or in two
+    workers at once, inserts it once. Skips are actions too, with their ``reason``."""
+    key = CharField(unique=True)
+    customer = ForeignKeyField(Customer, on_delete="CASCADE", index=False)
+    campaign = ForeignKeyField(Campaign, null=True, on_delete="SET NULL")
+    step = ForeignKeyField(CampaignStep, null=True, on_delete="SET NULL")
+    variant = ForeignKeyField(CampaignVariant, null=True, on_delete="SET NULL")
+    planned_for = DateField()
+    status = CharField(default=ActionStatus.PLANNED.value)
+    reason = TextField(null=True)  # why skipped / failed / pending
+    channel = CharField(default="email")
+    invoice_ids = JSONField(default=list)
+    to_address = CharField(null=True)
+    cc = JSONField(default=list)
+    send_after = UTCDateTimeField(null=True)  # the start of the recipient's sending window
+    expires_at = UTCDateTimeField(null=True)  # pending approvals expire
+    decided_by = CharField(null=True)
+    decided_at = UTCDateTimeField(null=True)
+    attempts = IntegerField(default=0)
+    error = TextField(null=True)
+    created_at = UTCDateTimeField(default=utcnow)
+    updated_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "planned_for"), False), (("status", "planned_for"), False))
+
+
+class Message(BaseModel):
+    """An email out (a dunning action, a statement, a test send) or in (a reply)."""
+    direction = CharField()  # out | in
+    customer = ForeignKeyField(Customer, null=True, on_delete="SET NULL")
+    action = ForeignKeyField(DunningAction, null=True, on_delete="SET NULL")
+    message_id = CharField(unique=True)  # RFC 5322 Message-ID, without <>
+    thread_token = CharField(null=True, index=True)  # in Reply-To: routes the reply back
+    in_reply_to = CharField(null=True)
+    subject = TextField(null=True)
+    from_address = CharField(null=True)
+    to_addresses = JSONField(default=list)
+    cc_addresses = JSONField(default=list)
+    body_text = TextField(null=True)
+    raw = TextField(null=True)  # inbound: the RFC 5322 source
+    attachments = JSONField(default=list)  # [{"filename", "content_type", "size"}]
+    status = CharField(default="sent")  # out: sending | sent | failed; in: routed | queued | auto_reply | unmatched
+    routed_to = CharField(null=True)  # the collector's email (None: the team queue)
+    matched_by = CharField(null=True)  # token | in_reply_to | invoice_number | sender | domain
+    handled_at = UTCDateTimeField(null=True)
+    at = UTCDateTimeField(default=utcnow, index=True)
+
+
+class Activity(BaseModel):
+    """What people record on a customer: a note, a promise to pay (until, amount), a dispute
+    (on an invoice, until resolved), a pause. Open promises and disputes hold the cadence."""
+    customer = ForeignKeyField(Customer, on_delete="CASCADE")
+    invoice = ForeignKeyField(Invoice, null=True, on_delete="SET NULL")
+    kind = CharField()  # note | promise | dispute | pause | resume | reply
+    body = TextField(null=True)
+    amount = MoneyField(null=True)
+    until = DateField(null=True)
+    resolved_at = UTCDateTimeField(null=True)
+    actor = CharField(default="system")
+    created_at = UTCDateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("customer", "kind"), False),)
+
+
 MODELS = [Company, Source, SyncCursor, FieldMapping, Currency, Customer, Contact, Invoice, CreditMemo,
           Payment, Application, FxRate, SyncRun, RejectedRecord, AuditLog, Tag, CustomerTag, SfUser,
-          SfAccount, SfOpportunity, MatchCandidate, SfPushState]
+          SfAccount, SfOpportunity, MatchCandidate, SfPushState, User, AssignmentRule, Template, Campaign,
+          CampaignVariant, CampaignStep, DunningAction, Message, Activity]
 #: Tables added by migration 3 (Salesforce both ways); frozen in schema/0003.<dialect>.sql.
 SALESFORCE_MODELS = [Tag, CustomerTag, SfUser, SfAccount, SfOpportunity, MatchCandidate, SfPushState]
+#: Tables added by migration 4 (collections engine); frozen in schema/0004.<dialect>.sql.
+COLLECTIONS_MODELS = [User, AssignmentRule, Template, Campaign, CampaignVariant, CampaignStep, DunningAction,
+                      Message, Activity]
