@@ -367,3 +367,27 @@ def test_config_comes_from_the_salesforce_source(sf, erp):
     assert MatchConfig.from_dict(sf.config["matching"]).link_threshold == 98
     run_matching(sf)
     assert state(c) == ("review", None)
+
+
+def test_a_decision_made_during_a_run_wins(sf, erp, monkeypatch):
+    """A person who links a customer while a run is computing keeps that link: the run re-reads
+    the customers it is about to write and leaves the ones a person decided in the meantime."""
+    c = customer(erp, "Bluth Company", country="US")
+    auto = account(sf, "Bluth Company Inc", country="US")
+    chosen = account(sf, "Bluth Frozen Bananas", country="US")
+    real = matching._decide_by_score
+    calls = []
+
+    def decide_then_someone_links(cust, scored, cfg):
+        if not calls:
+            matching.link(c.id, chosen.sf_id, actor="dana")  # committed while the run is between load and write
+        calls.append(cust.id)
+        return real(cust, scored, cfg)
+
+    monkeypatch.setattr(matching, "_decide_by_score", decide_then_someone_links)
+    result = run_matching(sf)
+    assert calls == [c.id]
+    assert state(c) == ("manual", chosen.sf_id)
+    assert result.manual_kept == 1 and result.changed == 0
+    assert candidates(c)[chosen.sf_id].status == "accepted"
+    assert auto.sf_id not in candidates(c)
