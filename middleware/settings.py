@@ -89,12 +89,26 @@ class Settings:
     require_services: bool = False
     worker_shutdown_grace_seconds: int = 20
     public_url: str = "http://127.0.0.1:5000"  # where the console is reached (links pushed to Salesforce)
+    # outbound email (dunning, statements)
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_security: str = "none"  # none | starttls | tls
+    smtp_username: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_timeout_seconds: int = 30
+    mail_from: str = "Accounts Receivable <ar@arhub.localhost>"
+    reply_domain: str = "reply.arhub.localhost"  # Reply-To: reply+<thread token>@<reply_domain>
+    # inbound replies
+    inbound_secret: str | None = field(default=None, repr=False)  # HMAC key of POST /inbound/email
+    imap_url: str | None = field(default=None, repr=False)  # imaps://user:password@host:993/INBOX
+    # dunning
+    dunning_plan_time: str = "07:00"  # local time (ARHUB_TIMEZONE) of the daily plan
 
     def __repr__(self) -> str:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("secret_key", "secret_key_previous"):
+            if f.name in ("secret_key", "secret_key_previous", "smtp_password", "inbound_secret"):
                 value = "***" if value else value
             elif f.name.endswith("_url"):
                 value = redact_url(value)
@@ -166,8 +180,32 @@ def _log_level(name: str, raw: str) -> str:
 def _http_url(name: str, raw: str) -> str:
     value = raw.strip().rstrip("/")
     if not value.startswith(("http://", "https://")) or len(value) < 10:
-        raise SettingsError(f"{name}: expected an http(s) URL like https://arhub.example.com, got {raw!r}")
+        raise SettingsError(name, f"expected an http(s) URL like https://arhub.example.com, got {raw!r}")
     return value
+
+
+def _text(name: str, raw: str) -> str:
+    return raw.strip()
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in allowed:
+            raise SettingsError(name, f"expected one of {', '.join(allowed)}, got {raw!r}")
+        return value
+    return parse
+
+
+def _clock_time(name: str, raw: str) -> str:
+    value = raw.strip()
+    try:
+        hours, minutes = (int(part) for part in value.split(":"))
+        if not (0 <= hours < 24 and 0 <= minutes < 60):
+            raise ValueError
+    except ValueError:
+        raise SettingsError(name, f"expected a local time HH:MM such as 07:00, got {raw!r}") from None
+    return f"{hours:02d}:{minutes:02d}"
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -256,6 +294,17 @@ def load_settings(
         require_services=get("ARHUB_REQUIRE_SERVICES", _bool, False),
         worker_shutdown_grace_seconds=get("ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS", _non_negative_int, 20),
         public_url=get("ARHUB_PUBLIC_URL", _http_url, "http://127.0.0.1:5000"),
+        smtp_host=get("ARHUB_SMTP_HOST", _text, "127.0.0.1"),
+        smtp_port=get("ARHUB_SMTP_PORT", _positive_int, 1025),
+        smtp_security=get("ARHUB_SMTP_SECURITY", _choice("none", "starttls", "tls"), "none"),
+        smtp_username=get("ARHUB_SMTP_USERNAME", _text, None),
+        smtp_password=get("ARHUB_SMTP_PASSWORD", _text, None),
+        smtp_timeout_seconds=get("ARHUB_SMTP_TIMEOUT_SECONDS", _positive_int, 30),
+        mail_from=get("ARHUB_MAIL_FROM", _text, "Accounts Receivable <ar@arhub.localhost>"),
+        reply_domain=get("ARHUB_REPLY_DOMAIN", _text, "reply.arhub.localhost"),
+        inbound_secret=get("ARHUB_INBOUND_SECRET", _text, None),
+        imap_url=get("ARHUB_IMAP_URL", _text, None),
+        dunning_plan_time=get("ARHUB_DUNNING_PLAN_TIME", _clock_time, "07:00"),
     )
 
 
@@ -297,7 +346,18 @@ def env_for(settings: Settings) -> dict[str, str]:
         "ARHUB_REQUIRE_SERVICES": "1" if settings.require_services else "0",
         "ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS": settings.worker_shutdown_grace_seconds,
         "ARHUB_PUBLIC_URL": settings.public_url,
+        "ARHUB_SMTP_HOST": settings.smtp_host,
+        "ARHUB_SMTP_PORT": settings.smtp_port,
+        "ARHUB_SMTP_SECURITY": settings.smtp_security,
+        "ARHUB_SMTP_TIMEOUT_SECONDS": settings.smtp_timeout_seconds,
+        "ARHUB_MAIL_FROM": settings.mail_from,
+        "ARHUB_REPLY_DOMAIN": settings.reply_domain,
+        "ARHUB_DUNNING_PLAN_TIME": settings.dunning_plan_time,
     }
+    for name, value in (("ARHUB_SMTP_USERNAME", settings.smtp_username), ("ARHUB_SMTP_PASSWORD", settings.smtp_password),
+                        ("ARHUB_INBOUND_SECRET", settings.inbound_secret), ("ARHUB_IMAP_URL", settings.imap_url)):
+        if value:
+            env[name] = value
     if settings.secret_key_previous:
         env["ARHUB_SECRET_KEY_PREVIOUS"] = ",".join(settings.secret_key_previous)
     if settings.redis_url:
