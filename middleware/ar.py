@@ -1,44 +1,222 @@
-"""AR figures per customer, computed in bulk from the store (see ../shared/AR-GLOSSARY.md).
+"""AR metrics per invoice, customer and portfolio, as of any date (see ../shared/AR-GLOSSARY.md).
 
-:func:`customer_snapshots` answers, for many customers at once and in a handful of
-grouped SQL queries, what the Salesforce write-back and the console show on an account:
-open and overdue amounts, aging buckets by days past due, the oldest overdue invoice,
-unapplied credits, the last payment, and average days delinquent over a period.
+Every figure is rebuilt from stored documents and applications **as of a date D**, so a
+report for last quarter gives today the answer it gave then (docs/ar-metrics.md).
 
-Conventions (the glossary's):
-- aging is by due date: ``current`` is "days past due ≤ 0"; bucket edges default to 30/60/90;
-- balances use the closing rate: an invoice's open amount in reporting currency is its
-  stored revaluation (``open_amount_reporting``, refreshed by every sync); unapplied credit
-  memos and payments are converted at the closing rate here; a missing rate is counted in
-  ``fx_missing`` and never guessed;
-- total AR is the sum of open invoice amounts; the customer balance subtracts unapplied
-  credits and payments;
-- ADD = DSO − best possible DSO = (total AR − current AR) ÷ net credit sales × D, with net
-  credit sales = invoices issued in the D days ending on the as-of date − credit memos dated in
-  them, each at its own date's rate (their stored reporting amounts). No sales: no ADD.
+Public API
+----------
+``invoice_aging(as_of, customer_ids=None, *, reporting_currency=None, edges=DEFAULT_EDGES)``
+    ``[InvoiceAging]``: each invoice open on D with its open amount, days past due, bucket and,
+    when a reporting currency is given, its value at D's closing rate (rate, rate date, source).
+``customer_snapshots(customer_ids, *, as_of, reporting_currency, edges, period_days)``
+    ``{customer id: CustomerAR}`` for many customers at once (the Salesforce write-back):
+    open, overdue, buckets, unapplied credits, balance, last payment, ADD, as of D.
+``portfolio(as_of, *, reporting_currency, period_days=90, edges=DEFAULT_EDGES)``
+    :class:`ARMetrics` for the whole store: totals and buckets in the reporting currency, a
+    breakdown per billing currency, net credit sales, DSO (standard and countback), BPDSO, ADD,
+    CEI, average days to pay, share paid on time, and the missing rates (``fx_missing``).
+``customer_metrics(customer_id, as_of, *, reporting_currency, period_days=90, edges=DEFAULT_EDGES)``
+    The same :class:`ARMetrics` for one customer.
+``trend(as_of, points=12, step_days=30, *, reporting_currency, period_days=90, edges=DEFAULT_EDGES)``
+    ``[TrendPoint]`` oldest first, one per ``as_of - k * step_days``: total and current AR, net
+    sales, DSO, countback DSO, BPDSO, ADD, CEI (dashboard charts).
 
-These are the figures as the store holds them now (open amounts reflect every payment
-synced so far), aged as of ``as_of``.
+Conventions (the glossary's, plus the choices it leaves open)
+-------------------------------------------------------------
+- Open amount on D = amount − Σ applications (payments and credit memos) dated ≤ D, in the
+  invoice's currency, never negative. Invoices issued after D do not exist yet. Drafts are not
+  receivables. Voided and deleted invoices (``status`` voided/deleted or ``deleted_at`` set) are
+  out for every D: the store keeps no void date (``deleted_at`` is our sync clock, not the
+  ERP's), so a report re-run after a void no longer shows the voided invoice.
+- Application amounts are in the invoice's currency (the ERPs we read apply same-currency).
+- Unapplied credits on D: each payment and each credit memo dated ≤ D (not deleted; credit memos
+  not voided) less its applications dated ≤ D. They reduce the balance, never a bucket.
+- Aging by days past due = D − due date: ``current`` ≤ 0 (due on D is current), then
+  ``1–30``, ``31–60``, ``61–90``, ``91+`` for the default edges (30, 60, 90).
+- Total AR = Σ open invoice amounts (gross of unapplied credits); balance = total AR − unapplied.
+- Balances at D's closing rate (``RateBook.rate``: latest rate dated ≤ D), each invoice converted
+  on its own and rounded half up to the reporting minor unit; totals are sums of rounded lines.
+  Flows (sales, credit memos) use their stored ``amount_reporting`` (their own date's rate).
+  A line without a rate is left out of the reporting figures and listed in ``fx_missing``; it
+  still counts in the billing-currency breakdown, in the counts and in the days.
+- The period of N days ending on D is ``(D − N, D]``. DSO = E ÷ S × N; BPDSO = C ÷ S × N;
+  ADD = DSO − BPDSO; CEI = (B + S − E) ÷ (B + S − C) × 100 with B = total AR on D − N (the day
+  before the period) at that day's rate. No positive S: no DSO, BPDSO, ADD (``None``).
+- Countback DSO walks calendar months back from D's month (which counts its days 1..D), for at
+  most ``COUNTBACK_MONTHS`` months; AR still uncovered after them: ``None``.
+- Days to pay, for invoices closed in the period: the closing date is the date of the
+  application that brought the applied total to the invoice amount; days to pay = that date −
+  issue date, days late = max(that date − due date, 0), on time = days late 0. Averages are per
+  invoice (not weighted by amount); ``share_on_time`` is a fraction (0..1).
+- Metrics are unrounded ``Decimal``; display rounds to 2 places half up.
+
+Speed: everything is a handful of grouped SQL statements (SQLite and PostgreSQL). The only
+rows that reach Python are invoices open on D and documents with unapplied credit on D (each
+converted and rounded on its own), plus per-day sales. On SQLite, where DECIMAL columns are
+stored as floats, sums run on exact integer ten-thousandths.
 """
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from decimal import Decimal
-from typing import Iterable, Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Iterable, Iterator, Sequence
 
 from .bulk import placeholders, to_decimal
-from .db import database
+from .db import database, is_postgres
 from .fx import RateBook
+from .schemas import minor_units
 
 ZERO = Decimal(0)
 DEFAULT_EDGES = (30, 60, 90)
-OPEN_STATUSES = ("open",)  # drafts are not receivables; paid, voided and deleted are closed
+COUNTBACK_MONTHS = 24
+OPEN_STATUSES = ("open",)  # kept for callers: the statuses the store gives an invoice open today
+NOT_RECEIVABLE = ("draft", "voided", "deleted")  # invoices out of AR on every date
+VOID = ("voided", "deleted")  # credit memos out on every date
+CHUNK = 900  # customer ids per IN (...) list
+WHOLE_TABLE_ABOVE = 5000  # more customer ids than this: one pass over the table, filtered in Python
+
+
+# ---------------------------------------------------------------------------- results
+@dataclass
+class Aging:
+    """Open receivables in one currency on D, by bucket (``buckets[0]`` is current)."""
+
+    currency: str
+    buckets: list[Decimal]
+    unapplied: Decimal = ZERO
+    open_count: int = 0
+    overdue_count: int = 0
+    oldest_overdue_days: int = 0
+
+    @property
+    def open(self) -> Decimal:
+        return sum(self.buckets, ZERO)
+
+    @property
+    def current(self) -> Decimal:
+        return self.buckets[0]
+
+    @property
+    def overdue(self) -> Decimal:
+        return sum(self.buckets[1:], ZERO)
+
+    @property
+    def balance(self) -> Decimal:
+        return self.open - self.unapplied
+
+    def as_dict(self) -> dict:
+        return {"currency": self.currency, "open": self.open, "current": self.current, "overdue": self.overdue,
+                "buckets": list(self.buckets), "unapplied": self.unapplied, "balance": self.balance,
+                "open_count": self.open_count, "overdue_count": self.overdue_count,
+                "oldest_overdue_days": self.oldest_overdue_days}
+
+
+@dataclass(frozen=True)
+class FxGap:
+    """Documents left out of reporting figures for want of a rate (never guessed, never 1).
+
+    ``kind``: ``open`` (open invoices at D's closing rate), ``unapplied`` (credits at D's rate),
+    ``opening`` (open invoices at the rate of the day before the period, for CEI), ``sales``
+    (invoices and credit memos of the period without a stored reporting amount)."""
+
+    kind: str
+    currency: str
+    documents: int
+    amount: Decimal  # in ``currency``
+    first_date: date  # the rate date asked for (balances) or the documents' own dates (sales)
+    last_date: date
+
+
+@dataclass
+class ARMetrics:
+    """AR figures for the portfolio (``customer_id`` None) or one customer, as of ``as_of``."""
+
+    as_of: date
+    reporting_currency: str
+    period_days: int
+    edges: tuple[int, ...]
+    customer_id: int | None
+    totals: Aging  # reporting currency, closing rate of ``as_of``
+    by_currency: dict[str, Aging]  # billing currencies, unconverted
+    customers: int = 0  # customers with an invoice open on ``as_of``
+    net_sales: Decimal = ZERO  # S: invoices − credit memos dated in the period, own dates' rates
+    opening_ar: Decimal = ZERO  # B: total AR on the day before the period, at that day's rate
+    dso: Decimal | None = None
+    dso_countback: Decimal | None = None
+    bpdso: Decimal | None = None
+    add: Decimal | None = None
+    cei: Decimal | None = None
+    paid_count: int = 0  # invoices closed in the period
+    paid_on_time: int = 0
+    avg_days_to_pay: Decimal | None = None
+    avg_days_late: Decimal | None = None
+    share_on_time: Decimal | None = None  # fraction 0..1
+    fx_missing: list[FxGap] = field(default_factory=list)
+
+    @property
+    def period_start(self) -> date:
+        """The first day of the period."""
+        return self.as_of - timedelta(days=self.period_days - 1)
+
+    @property
+    def bucket_labels(self) -> list[str]:
+        return bucket_labels(self.edges)
+
+    @property
+    def fx_missing_count(self) -> int:
+        return sum(g.documents for g in self.fx_missing)
+
+    def as_dict(self) -> dict:
+        """Plain data for JSON (Decimals and dates left as objects: ``json.dumps(default=str)``)."""
+        out = {k: v for k, v in asdict(self).items() if k not in ("totals", "by_currency", "fx_missing")}
+        out["edges"] = list(self.edges)
+        out["bucket_labels"] = self.bucket_labels
+        out["totals"] = self.totals.as_dict()
+        out["by_currency"] = {c: a.as_dict() for c, a in sorted(self.by_currency.items())}
+        out["fx_missing"] = [asdict(g) for g in self.fx_missing]
+        return out
+
+
+@dataclass(frozen=True)
+class InvoiceAging:
+    invoice_id: int
+    customer_id: int | None
+    number: str | None
+    currency: str
+    amount: Decimal
+    applied: Decimal  # applications dated on or before as_of
+    open_amount: Decimal
+    issue_date: date
+    due_date: date
+    days_past_due: int
+    bucket: str
+    open_reporting: Decimal | None = None  # at the closing rate of as_of; None: no rate (or none asked)
+    rate: Decimal | None = None
+    rate_date: date | None = None
+    rate_source: str | None = None
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    as_of: date
+    total_ar: Decimal
+    current_ar: Decimal
+    net_sales: Decimal
+    dso: Decimal | None
+    dso_countback: Decimal | None
+    bpdso: Decimal | None
+    add: Decimal | None
+    cei: Decimal | None
+    fx_missing: int  # documents left out of this point for want of a rate
 
 
 @dataclass
 class CustomerAR:
+    """One customer's AR on ``as_of`` (the Salesforce write-back's figures)."""
+
     customer_id: int
     reporting_currency: str
     open_reporting: Decimal = ZERO
@@ -56,6 +234,9 @@ class CustomerAR:
     last_payment_reporting: Decimal | None = None
     net_sales_reporting: Decimal = ZERO
     add_days: Decimal | None = None
+    overdue_by_currency: dict[str, Decimal] = field(default_factory=dict)
+    dso_days: Decimal | None = None
+    bpdso_days: Decimal | None = None
 
     @property
     def balance_reporting(self) -> Decimal:
@@ -73,133 +254,496 @@ def bucket_labels(edges: Sequence[int] = DEFAULT_EDGES) -> list[str]:
     return labels + [f"{low}+"]
 
 
-def _in(column: str, ids: Sequence[int]) -> tuple[str, tuple]:
-    return f' AND "{column}" IN ({placeholders(len(ids))})', tuple(ids)
+def bucket_index(days_past_due: int, edges: Sequence[int] = DEFAULT_EDGES) -> int:
+    """0 for current (≤ 0 days), k for ``edges[k-2] < days ≤ edges[k-1]``, len(edges)+1 beyond the last edge."""
+    return 0 if days_past_due <= 0 else 1 + bisect.bisect_left(edges, days_past_due)
+
+
+# ------------------------------------------------------------------------ SQL helpers
+def _ph() -> str:
+    return placeholders(1)
+
+
+def _u(column: str) -> str:
+    """An exact money expression: integer ten-thousandths on SQLite (floats there), numeric on PostgreSQL."""
+    return column if is_postgres() else f"CAST(ROUND({column} * 10000) AS INTEGER)"
+
+
+def _money(value) -> Decimal:
+    if value is None:
+        return ZERO
+    if is_postgres():
+        return to_decimal(value)
+    return Decimal(int(value)).scaleb(-4)
+
+
+def _days(later: str, earlier: str) -> str:
+    """Whole days from ``earlier`` to ``later`` (date columns or a date parameter)."""
+    if is_postgres():
+        return f"(CAST({later} AS date) - CAST({earlier} AS date))"
+    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
+
+
+def _as_date(value) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
+
+
+def _quoted(values: Sequence[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)  # module constants only
+
+
+def _rows(sql: str, before: tuple, after: tuple, ids: Sequence[int] | None, column: str) -> Iterator[tuple]:
+    """Run ``sql`` (with a ``{filter}`` slot after its WHERE) for ``ids`` on ``column`` (None: every row).
+
+    Rows start with the customer id. Many ids: one pass over the table, filtered here."""
+    if ids is None:
+        yield from database.execute_sql(sql.replace("{filter}", ""), before + after).fetchall()
+        return
+    if len(ids) > WHOLE_TABLE_ABOVE:
+        wanted = set(ids)
+        for row in database.execute_sql(sql.replace("{filter}", ""), before + after).fetchall():
+            if row[0] in wanted:
+                yield row
+        return
+    for start in range(0, len(ids), CHUNK):
+        part = ids[start:start + CHUNK]
+        frag = f" AND {column} IN ({placeholders(len(part))})"
+        yield from database.execute_sql(sql.replace("{filter}", frag), before + tuple(part) + after).fetchall()
+
+
+def _norm_ids(customer_ids: Iterable[int] | None) -> list[int] | None:
+    return None if customer_ids is None else sorted(set(customer_ids))
+
+
+# ------------------------------------------------------------------ rows as of a date
+def _open_invoice_rows(as_of: date, ids: Sequence[int] | None, detail: bool = False) -> Iterator[tuple]:
+    """Invoices open on ``as_of``: (customer id, currency, days past due, open amount as SQL gave it[, id,
+    number, amount, applied, issue date, due date])."""
+    p = _ph()
+    applied = f'COALESCE(SUM({_u("a.amount")}), 0)'
+    open_expr = f'{_u("i.amount")} - {applied}'
+    cols = f'i.customer_id, i.currency, {_days(p, "i.due_date")}, {open_expr}'
+    group = "i.id, i.customer_id, i.currency, i.due_date, i.amount"
+    if detail:
+        cols += f", i.id, i.number, {_u('i.amount')}, {applied}, i.issue_date, i.due_date"
+        group += ", i.number, i.issue_date"
+    sql = (f"SELECT {cols} FROM invoice i LEFT JOIN application a ON a.invoice_id = i.id AND a.\"date\" <= {p} "
+           f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL"
+           f"{{filter}} GROUP BY {group} HAVING {open_expr} > 0")
+    return _rows(sql, (as_of, as_of, as_of), (), ids, "i.customer_id")
+
+
+def _unapplied_rows(as_of: date, ids: Sequence[int] | None) -> Iterator[tuple]:
+    """Payments and credit memos with credit not applied on ``as_of``: (customer id, currency, unapplied)."""
+    p = _ph()
+    for table, kind in (("payment", "payment"), ("credit_memo", "credit_memo")):
+        unapplied = f'{_u("d.amount")} - COALESCE(SUM({_u("a.amount")}), 0)'
+        status = f" AND d.status NOT IN ({_quoted(VOID)})" if table == "credit_memo" else ""
+        sql = (f"SELECT d.customer_id, d.currency, {unapplied} FROM {table} d LEFT JOIN application a "
+               f"ON a.source_id = d.source_id AND a.doc_kind = '{kind}' AND a.doc_external_id = d.external_id "
+               f"AND a.\"date\" <= {p} WHERE d.\"date\" <= {p} AND d.deleted_at IS NULL{status}{{filter}} "
+               f"GROUP BY d.id, d.customer_id, d.currency, d.amount HAVING {unapplied} > 0")
+        yield from _rows(sql, (as_of, as_of), (), ids, "d.customer_id")
+
+
+class _Closing:
+    """The closing rate of one day per billing currency (cached), and per-line conversion."""
+
+    def __init__(self, book: RateBook, day: date):
+        self.book, self.day = book, day
+        self.quantum = Decimal(1).scaleb(-minor_units(book.reporting))
+        self._rates: dict[str, tuple | None] = {}
+
+    def found(self, currency: str):
+        if currency not in self._rates:
+            self._rates[currency] = self.book.rate(currency, self.day)
+        return self._rates[currency]
+
+    def convert(self, amount: Decimal, currency: str) -> Decimal | None:
+        found = self.found(currency)
+        if found is None:
+            return None
+        return (amount * found[0]).quantize(self.quantum, rounding=ROUND_HALF_UP)
+
+
+class _Gaps:
+    """Missing-rate tallies: (kind, currency) → [documents, amount, first date, last date]."""
+
+    def __init__(self):
+        self.cells: dict[tuple, list] = {}
+
+    def add(self, kind: str, currency: str, documents: int, amount: Decimal, first: date, last: date) -> None:
+        cell = self.cells.get((kind, currency))
+        if cell is None:
+            self.cells[(kind, currency)] = [documents, amount, first, last]
+        else:
+            cell[0] += documents
+            cell[1] += amount
+            cell[2], cell[3] = min(cell[2], first), max(cell[3], last)
+
+    def listed(self) -> list[FxGap]:
+        return [FxGap(k, c, n, a, f, t) for (k, c), (n, a, f, t) in sorted(self.cells.items())]
+
+
+class _Tally:
+    """Open and unapplied amounts of one customer (or the portfolio) on a date."""
+
+    def __init__(self, reporting: str, n_buckets: int):
+        self.reporting = Aging(reporting, [ZERO] * n_buckets)
+        self.by_currency: dict[str, Aging] = {}
+        self.n = n_buckets
+        self.missing = 0
+        self.customers: set[int] = set()  # portfolio tally: customers with an open invoice
+
+    def currency(self, code: str) -> Aging:
+        aging = self.by_currency.get(code)
+        if aging is None:
+            aging = self.by_currency[code] = Aging(code, [ZERO] * self.n)
+        return aging
+
+
+def _tally(as_of: date, ids: Sequence[int] | None, edges: Sequence[int], closing: _Closing, gaps: _Gaps | None,
+           per_customer: bool, with_unapplied: bool = True) -> dict[int | None, _Tally]:
+    """Open invoices (and unapplied credits) on ``as_of``, per customer or all under the key None."""
+    reporting = closing.book.reporting
+    n = len(edges) + 2
+    tallies: dict[int | None, _Tally] = {}
+    # (key, currency, bucket) → [billing sum, reporting sum, count, missing count, missing amount, max days]
+    cells: dict[tuple, list] = {}
+    edges = tuple(edges)
+    seen: set[int] = set()
+    for cid, currency, dpd, raw in _open_invoice_rows(as_of, ids):
+        if per_customer and cid is None:
+            continue
+        if not per_customer and cid is not None:
+            seen.add(cid)
+        amount = _money(raw)
+        b = 0 if dpd <= 0 else 1 + bisect.bisect_left(edges, dpd)
+        key = (cid if per_customer else None, currency, b)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = [ZERO, ZERO, 0, 0, ZERO, dpd]
+        cell[0] += amount
+        cell[2] += 1
+        rep = closing.convert(amount, currency)
+        if rep is None:
+            cell[3] += 1
+            cell[4] += amount
+        else:
+            cell[1] += rep
+        if dpd > cell[5]:
+            cell[5] = dpd
+    for (key, currency, b), (billing, rep, count, missing, missing_amount, max_dpd) in cells.items():
+        tally = tallies.get(key)
+        if tally is None:
+            tally = tallies[key] = _Tally(reporting, n)
+        for aging in (tally.currency(currency), tally.reporting):
+            aging.open_count += count
+            if b:
+                aging.overdue_count += count
+                aging.oldest_overdue_days = max(aging.oldest_overdue_days, max_dpd)
+        tally.by_currency[currency].buckets[b] += billing
+        tally.reporting.buckets[b] += rep
+        tally.missing += missing
+        if missing and gaps is not None:
+            gaps.add("open", currency, missing, missing_amount, as_of, as_of)
+    if None in tallies:
+        tallies[None].customers = seen
+    if with_unapplied:
+        for cid, currency, raw in _unapplied_rows(as_of, ids):
+            if per_customer and cid is None:
+                continue
+            key = cid if per_customer else None
+            tally = tallies.get(key)
+            if tally is None:
+                tally = tallies[key] = _Tally(reporting, n)
+            amount = _money(raw)
+            tally.currency(currency).unapplied += amount
+            rep = closing.convert(amount, currency)
+            if rep is None:
+                tally.missing += 1
+                if gaps is not None:
+                    gaps.add("unapplied", currency, 1, amount, as_of, as_of)
+            else:
+                tally.reporting.unapplied += rep
+    return tallies
+
+
+def _total_ar(as_of: date, ids: Sequence[int] | None, book: RateBook, gaps: _Gaps | None, kind: str,
+              edges: Sequence[int] = DEFAULT_EDGES) -> tuple[Decimal, Decimal, int]:
+    """(total AR, current AR, lines without a rate) on ``as_of`` at that day's rate."""
+    local = _Gaps()
+    tally = _tally(as_of, ids, edges, _Closing(book, as_of), local, per_customer=False, with_unapplied=False)
+    if gaps is not None:
+        for (_, currency), (count, amount, first, last) in local.cells.items():
+            gaps.add(kind, currency, count, amount, first, last)
+    t = tally.get(None)
+    return (t.reporting.open, t.reporting.current, t.missing) if t else (ZERO, ZERO, 0)
+
+
+# -------------------------------------------------------------------------- flows
+def _daily_sales(first: date, last: date, ids: Sequence[int] | None
+                 ) -> tuple[dict[date, Decimal], list[tuple[date, str, str, int, Decimal]]]:
+    """Net credit sales per day in ``[first, last]`` (invoices − credit memos, stored reporting amounts)
+    and the documents without one: [(date, "sales" | "credit_memos", currency, documents, amount)]."""
+    p = _ph()
+    daily: dict[date, Decimal] = defaultdict(lambda: ZERO)
+    missing: list[tuple[date, str, str, int, Decimal]] = []
+    for table, day_col, out, sign, kind in (("invoice", "issue_date", NOT_RECEIVABLE, 1, "sales"),
+                                            ("credit_memo", '"date"', VOID, -1, "credit_memos")):
+        sql = (f"SELECT customer_id, {day_col}, currency, SUM({_u('amount_reporting')}), "
+               f"SUM(CASE WHEN amount_reporting IS NULL THEN 1 ELSE 0 END), "
+               f"SUM(CASE WHEN amount_reporting IS NULL THEN {_u('amount')} ELSE 0 END) FROM {table} "
+               f"WHERE {day_col} >= {p} AND {day_col} <= {p} AND status NOT IN ({_quoted(out)}) "
+               f"AND deleted_at IS NULL{{filter}} GROUP BY customer_id, {day_col}, currency")
+        if ids is None:  # the portfolio: no need to split by customer
+            sql = sql.replace("SELECT customer_id,", "SELECT NULL,").replace("GROUP BY customer_id,", "GROUP BY")
+        for _, day, currency, rep, n_missing, missing_amount in _rows(sql, (first, last), (), ids, "customer_id"):
+            day = _as_date(day)
+            if rep is not None:
+                daily[day] += sign * _money(rep)
+            if n_missing:
+                missing.append((day, kind, currency, int(n_missing), _money(missing_amount)))
+    return dict(daily), missing
+
+
+def _months_back(day: date, months: int) -> date:
+    """The first day of the month ``months`` calendar months before ``day``'s."""
+    index = day.year * 12 + day.month - 1 - months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _sales_between(daily: dict[date, Decimal], after: date, upto: date) -> Decimal:
+    return sum((v for d, v in daily.items() if after < d <= upto), ZERO)
+
+
+def countback(total_ar: Decimal, as_of: date, daily: dict[date, Decimal],
+              months: int = COUNTBACK_MONTHS) -> Decimal | None:
+    """Countback DSO: walk calendar months back from ``as_of``'s month (days 1..as_of) through net
+    monthly sales, adding each month's calendar days while AR covers its sales, then the fraction
+    remaining AR ÷ that month's sales of its days. ``None`` when ``months`` months do not cover AR."""
+    remaining, days = total_ar, ZERO
+    end = as_of
+    for _ in range(months):
+        if remaining <= 0:
+            return days
+        start = end.replace(day=1)
+        length = (end - start).days + 1
+        sales = sum((v for d, v in daily.items() if start <= d <= end), ZERO)
+        if remaining >= sales:
+            remaining -= sales
+            days += length
+        else:
+            return days + remaining * length / sales
+        end = start - timedelta(days=1)
+    return days if remaining <= 0 else None
+
+
+def _ratios(total: Decimal, current: Decimal, opening: Decimal, sales: Decimal, period_days: int
+            ) -> tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]:
+    """(DSO, BPDSO, ADD, CEI) from E, C, B and S as the glossary defines them."""
+    dso = bpdso = add = cei = None
+    if sales > 0:  # multiply before dividing: 12000 × 90 ÷ 18000 is 60 exactly
+        dso = total * period_days / sales
+        bpdso = current * period_days / sales
+        add = dso - bpdso
+    denominator = opening + sales - current
+    if denominator > 0:
+        cei = (opening + sales - total) * 100 / denominator
+    return dso, bpdso, add, cei
+
+
+def _paid_rows(as_of: date, period_days: int, ids: Sequence[int] | None) -> Iterator[tuple]:
+    """Invoices closed in the period, per customer: (customer id, count, Σ days to pay, on time, Σ days late)."""
+    p = _ph()
+    after = as_of - timedelta(days=period_days)
+    closed = (f"SELECT i.customer_id, i.issue_date, i.due_date, MIN(c.\"date\") AS closed_on FROM ("
+              f"SELECT a.invoice_id, a.\"date\", SUM({_u('a.amount')}) OVER (PARTITION BY a.invoice_id ORDER BY a.\"date\") "
+              f"AS cum FROM application a WHERE a.\"date\" <= {p} AND a.invoice_id IN (SELECT invoice_id FROM application "
+              f"WHERE \"date\" > {p} AND \"date\" <= {p} AND invoice_id IS NOT NULL)) c JOIN invoice i ON i.id = c.invoice_id "
+              f"WHERE c.cum >= {_u('i.amount')} AND i.amount > 0 AND i.issue_date <= {p} "
+              f"AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL{{filter}} "
+              f"GROUP BY i.id, i.customer_id, i.issue_date, i.due_date HAVING MIN(c.\"date\") > {p}")
+    late = _days("t.closed_on", "t.due_date")
+    sql = (f"SELECT t.customer_id, COUNT(*), SUM({_days('t.closed_on', 't.issue_date')}), "
+           f"SUM(CASE WHEN t.closed_on <= t.due_date THEN 1 ELSE 0 END), "
+           f"SUM(CASE WHEN t.closed_on > t.due_date THEN {late} ELSE 0 END) FROM ({closed}) t GROUP BY t.customer_id")
+    return _rows(sql, (as_of, after, as_of, as_of), (after,), ids, "i.customer_id")
+
+
+# ------------------------------------------------------------------------ public API
+def invoice_aging(as_of: date, customer_ids: Iterable[int] | None = None, *, reporting_currency: str | None = None,
+                  edges: Sequence[int] = DEFAULT_EDGES, book: RateBook | None = None) -> list[InvoiceAging]:
+    """Each invoice open on ``as_of`` (ordered by customer, due date), with its bucket and, when
+    ``reporting_currency`` is given, its open amount at ``as_of``'s closing rate."""
+    ids = _norm_ids(customer_ids)
+    labels = bucket_labels(edges)
+    if reporting_currency is not None:
+        book = book or RateBook.load(reporting_currency)
+    closing = _Closing(book, as_of) if book is not None else None
+    out = []
+    for cid, currency, dpd, raw, inv_id, number, amount, applied, issue, due in _open_invoice_rows(as_of, ids, True):
+        open_amount = _money(raw)
+        found = closing.found(currency) if closing else None
+        out.append(InvoiceAging(
+            inv_id, cid, number, currency, _money(amount), _money(applied), open_amount, _as_date(issue),
+            _as_date(due), dpd, labels[bucket_index(dpd, edges)],
+            closing.convert(open_amount, currency) if found else None,
+            found[0] if found else None, found[1] if found else None, found[2] if found else None))
+    out.sort(key=lambda r: (r.customer_id is None, r.customer_id or 0, r.due_date, r.invoice_id))
+    return out
+
+
+def _metrics(as_of: date, ids: list[int] | None, customer_id: int | None, *, reporting_currency: str,
+             period_days: int, edges: Sequence[int], book: RateBook | None) -> ARMetrics:
+    if period_days < 1:
+        raise ValueError("period_days must be at least 1")
+    edges = tuple(edges)
+    book = book or RateBook.load(reporting_currency)
+    gaps = _Gaps()
+    n = len(edges) + 2
+    tally = _tally(as_of, ids, edges, _Closing(book, as_of), gaps, per_customer=False).get(None)
+    totals = tally.reporting if tally else Aging(reporting_currency, [ZERO] * n)
+    by_currency = dict(sorted(tally.by_currency.items())) if tally else {}
+    customers = len(tally.customers) if tally else 0
+    after = as_of - timedelta(days=period_days)
+    first = min(after + timedelta(days=1), _months_back(as_of, COUNTBACK_MONTHS - 1))
+    daily, missing = _daily_sales(first, as_of, ids)
+    for day, kind, currency, count, amount in missing:
+        if after < day <= as_of:
+            gaps.add(kind, currency, count, amount, day, day)
+    sales = _sales_between(daily, after, as_of)
+    opening, _, _ = _total_ar(after, ids, book, gaps, "opening", edges)
+    dso, bpdso, add, cei = _ratios(totals.open, totals.current, opening, sales, period_days)
+    metrics = ARMetrics(as_of, reporting_currency, period_days, edges, customer_id, totals, by_currency,
+                        customers=customers, net_sales=sales, opening_ar=opening, dso=dso,
+                        dso_countback=countback(totals.open, as_of, daily), bpdso=bpdso, add=add, cei=cei,
+                        fx_missing=gaps.listed())
+    paid = on_time = 0
+    days_to_pay = days_late = 0
+    for _, count, dtp, ontime, late in _paid_rows(as_of, period_days, ids):
+        paid += count
+        on_time += int(ontime or 0)
+        days_to_pay += int(dtp or 0)
+        days_late += int(late or 0)
+    if paid:
+        metrics.paid_count, metrics.paid_on_time = paid, on_time
+        metrics.avg_days_to_pay = Decimal(days_to_pay) / paid
+        metrics.avg_days_late = Decimal(days_late) / paid
+        metrics.share_on_time = Decimal(on_time) / paid
+    return metrics
+
+
+def portfolio(as_of: date, *, reporting_currency: str, period_days: int = 90,
+              edges: Sequence[int] = DEFAULT_EDGES, book: RateBook | None = None) -> ARMetrics:
+    """Every customer's receivables on ``as_of`` and the period metrics of the ``period_days`` ending on it.
+
+    Invoices and credits not yet linked to a customer count in the portfolio too."""
+    return _metrics(as_of, None, None, reporting_currency=reporting_currency, period_days=period_days,
+                    edges=edges, book=book)
+
+
+def customer_metrics(customer_id: int, as_of: date, *, reporting_currency: str, period_days: int = 90,
+                     edges: Sequence[int] = DEFAULT_EDGES, book: RateBook | None = None) -> ARMetrics:
+    """:func:`portfolio`'s figures for one customer."""
+    return _metrics(as_of, [customer_id], customer_id, reporting_currency=reporting_currency,
+                    period_days=period_days, edges=edges, book=book)
+
+
+def trend(as_of: date, points: int = 12, step_days: int = 30, *, reporting_currency: str, period_days: int = 90,
+          edges: Sequence[int] = DEFAULT_EDGES, customer_ids: Iterable[int] | None = None,
+          book: RateBook | None = None) -> list[TrendPoint]:
+    """DSO, BPDSO, ADD and CEI at ``as_of - k * step_days`` for k = points-1 .. 0 (oldest first)."""
+    if points < 1 or step_days < 1 or period_days < 1:
+        raise ValueError("points, step_days and period_days must be at least 1")
+    ids = _norm_ids(customer_ids)
+    book = book or RateBook.load(reporting_currency)
+    days = [as_of - timedelta(days=k * step_days) for k in range(points - 1, -1, -1)]
+    first = min(days[0] - timedelta(days=period_days - 1), _months_back(days[0], COUNTBACK_MONTHS - 1))
+    daily, missing = _daily_sales(first, as_of, ids)
+    ar: dict[date, tuple[Decimal, Decimal, int]] = {}
+
+    def ar_on(day: date) -> tuple[Decimal, Decimal, int]:
+        if day not in ar:
+            ar[day] = _total_ar(day, ids, book, None, "open", edges)
+        return ar[day]
+
+    out = []
+    for day in days:
+        after = day - timedelta(days=period_days)
+        total, current, gaps = ar_on(day)
+        opening, _, opening_gaps = ar_on(after)
+        sales = _sales_between(daily, after, day)
+        flow_gaps = sum(count for d, _, _, count, _ in missing if after < d <= day)
+        dso, bpdso, add, cei = _ratios(total, current, opening, sales, period_days)
+        out.append(TrendPoint(day, total, current, sales, dso, countback(total, day, daily), bpdso, add, cei,
+                              gaps + opening_gaps + flow_gaps))
+    return out
 
 
 def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, reporting_currency: str,
                        edges: Sequence[int] = DEFAULT_EDGES, period_days: int = 90,
-                       book: RateBook | None = None, chunk: int = 900) -> dict[int, CustomerAR]:
-    """``{customer id: CustomerAR}`` for ``customer_ids`` (None: every customer with AR activity)."""
-    out: dict[int, CustomerAR] = {}
-    ids = None if customer_ids is None else sorted(set(customer_ids))
-    parts = [None] if ids is None else [ids[i:i + chunk] for i in range(0, len(ids), chunk)]
+                       book: RateBook | None = None, chunk: int = CHUNK) -> dict[int, CustomerAR]:
+    """``{customer id: CustomerAR}`` on ``as_of`` for ``customer_ids`` (None: every customer with AR activity).
+
+    Open amounts, buckets and unapplied credits are as of ``as_of`` at its closing rate; the last
+    payment is the latest dated on or before it; ADD (= DSO − BPDSO) covers the ``period_days`` ending on it."""
+    ids = _norm_ids(customer_ids)
     book = book or RateBook.load(reporting_currency)
-    for part in parts:
-        _open_invoices(out, part, as_of, reporting_currency, edges)
-        _unapplied(out, part, as_of, reporting_currency, book)
-        _last_payments(out, part, reporting_currency)
-        _net_sales(out, part, as_of, reporting_currency, period_days)
+    n = len(edges) + 2
+    out: dict[int, CustomerAR] = {}
+
+    def get(cid: int) -> CustomerAR:
+        snap = out.get(cid)
+        if snap is None:
+            snap = out[cid] = CustomerAR(cid, reporting_currency, buckets=[ZERO] * n)
+        return snap
+
+    for cid, tally in _tally(as_of, ids, edges, _Closing(book, as_of), None, per_customer=True).items():
+        snap = get(cid)
+        rep = tally.reporting
+        snap.open_reporting, snap.overdue_reporting, snap.buckets = rep.open, rep.overdue, list(rep.buckets)
+        snap.unapplied_reporting = rep.unapplied
+        snap.open_by_currency = {c: a.open for c, a in tally.by_currency.items() if a.open_count}
+        snap.overdue_by_currency = {c: a.overdue for c, a in tally.by_currency.items() if a.overdue_count}
+        snap.unapplied_by_currency = {c: a.unapplied for c, a in tally.by_currency.items() if a.unapplied}
+        snap.open_count, snap.overdue_count = rep.open_count, rep.overdue_count
+        snap.oldest_overdue_days = rep.oldest_overdue_days
+        snap.oldest_due = as_of - timedelta(days=rep.oldest_overdue_days) if rep.overdue_count else None
+        snap.fx_missing = tally.missing
+    _last_payments(out, get, ids, as_of)
+    _net_sales(get, ids, as_of, period_days)
     for snap in out.values():
-        if not snap.buckets:
-            snap.buckets = [ZERO] * (len(edges) + 2)
         if snap.net_sales_reporting > 0:
-            snap.add_days = (snap.open_reporting - snap.buckets[0]) / snap.net_sales_reporting * period_days
+            snap.dso_days = snap.open_reporting * period_days / snap.net_sales_reporting
+            snap.bpdso_days = snap.buckets[0] * period_days / snap.net_sales_reporting
+            snap.add_days = snap.dso_days - snap.bpdso_days
     return out
 
 
-def _get(out: dict, customer_id: int, reporting_currency: str, n_buckets: int) -> CustomerAR:
-    snap = out.get(customer_id)
-    if snap is None:
-        snap = out[customer_id] = CustomerAR(customer_id, reporting_currency, buckets=[ZERO] * n_buckets)
-    elif not snap.buckets:
-        snap.buckets = [ZERO] * n_buckets
-    return snap
+def _last_payments(out: dict, get, ids: Sequence[int] | None, as_of: date) -> None:
+    p = _ph()
+    sql = (f"SELECT p.customer_id, p.\"date\", SUM({_u('p.amount_reporting')}), COUNT(p.amount_reporting) FROM payment p "
+           f"JOIN (SELECT customer_id, MAX(\"date\") AS d FROM payment WHERE deleted_at IS NULL AND \"date\" <= {p} "
+           f"AND customer_id IS NOT NULL{{filter}} GROUP BY customer_id) m "
+           f"ON p.customer_id = m.customer_id AND p.\"date\" = m.d WHERE p.deleted_at IS NULL "
+           f"GROUP BY p.customer_id, p.\"date\"")
+    for cid, day, amount, converted in _rows(sql, (as_of,), (), ids, "customer_id"):
+        snap = get(cid)
+        snap.last_payment_date = _as_date(day)
+        snap.last_payment_reporting = _money(amount) if converted else None
 
 
-def _open_invoices(out, ids, as_of: date, reporting_currency: str, edges: Sequence[int]) -> None:
-    # due_date thresholds: days past due d = as_of - due_date; bucket k holds edges[k-1] < d <= edges[k]
-    cuts = [as_of - timedelta(days=e) for e in edges]
-    cases = ['SUM(CASE WHEN "due_date" >= {ph} THEN "open_amount_reporting" ELSE 0 END)']
-    params: list = [as_of]
-    lower = as_of
-    for cut in cuts:
-        cases.append('SUM(CASE WHEN "due_date" < {ph} AND "due_date" >= {ph} THEN "open_amount_reporting" ELSE 0 END)')
-        params += [lower, cut]
-        lower = cut
-    cases.append('SUM(CASE WHEN "due_date" < {ph} THEN "open_amount_reporting" ELSE 0 END)')
-    params.append(lower)
-    ph = placeholders(1)
-    select = ", ".join(c.replace("{ph}", ph) for c in cases)
-    sql = (f'SELECT "customer_id", "currency", SUM("open_amount"), SUM("open_amount_reporting"), COUNT(*), '
-           f'SUM(CASE WHEN "due_date" < {ph} THEN 1 ELSE 0 END), MIN(CASE WHEN "due_date" < {ph} THEN "due_date" END), '
-           f'SUM(CASE WHEN "open_amount_reporting" IS NULL THEN 1 ELSE 0 END), {select} '
-           f'FROM "invoice" WHERE "open_amount" > 0 AND "deleted_at" IS NULL AND "customer_id" IS NOT NULL '
-           f'AND "status" IN ({placeholders(len(OPEN_STATUSES))})')
-    args: tuple = (as_of, as_of, *params, *OPEN_STATUSES)
-    if ids is not None:
-        extra, extra_args = _in("customer_id", ids)
-        sql, args = sql + extra, args + extra_args
-    sql += ' GROUP BY "customer_id", "currency"'
-    n = len(edges) + 2
-    for row in database.execute_sql(sql, args).fetchall():
-        cid, currency, open_amt, open_rep, count, overdue_count, oldest, missing = row[:8]
-        snap = _get(out, cid, reporting_currency, n)
-        snap.open_by_currency[currency] = snap.open_by_currency.get(currency, ZERO) + to_decimal(open_amt)
-        snap.open_reporting += to_decimal(open_rep) or ZERO
-        snap.open_count += count
-        snap.overdue_count += overdue_count or 0
-        snap.fx_missing += missing or 0
-        if oldest is not None:
-            oldest = oldest if isinstance(oldest, date) else date.fromisoformat(str(oldest)[:10])
-            if snap.oldest_due is None or oldest < snap.oldest_due:
-                snap.oldest_due = oldest
-                snap.oldest_overdue_days = (as_of - oldest).days
-        for k, value in enumerate(row[8:]):
-            snap.buckets[k] += to_decimal(value) or ZERO
-        snap.overdue_reporting = sum(snap.buckets[1:], ZERO)
-
-
-def _unapplied(out, ids, as_of: date, reporting_currency: str, book: RateBook) -> None:
-    for table in ("credit_memo", "payment"):
-        sql = (f'SELECT "customer_id", "currency", SUM("unapplied_amount") FROM "{table}" WHERE "unapplied_amount" > 0 '
-               f'AND "deleted_at" IS NULL AND "customer_id" IS NOT NULL')
-        args: tuple = ()
-        if table == "credit_memo":
-            sql += " AND \"status\" NOT IN ('voided', 'deleted')"
-        if ids is not None:
-            extra, args = _in("customer_id", ids)
-            sql += extra
-        for cid, currency, amount in database.execute_sql(sql + ' GROUP BY "customer_id", "currency"', args).fetchall():
-            amount = to_decimal(amount)
-            snap = out.get(cid) or _get(out, cid, reporting_currency, 0)
-            snap.unapplied_by_currency[currency] = snap.unapplied_by_currency.get(currency, ZERO) + amount
-            conv = book.convert(amount, currency, as_of)
-            if conv is None:
-                snap.fx_missing += 1
-            else:
-                snap.unapplied_reporting += conv.amount
-
-
-def _last_payments(out, ids, reporting_currency: str) -> None:
-    where, args = "", ()
-    if ids is not None:
-        where, args = _in("customer_id", ids)
-    sql = (f'SELECT p."customer_id", p."date", SUM(p."amount_reporting") FROM "payment" p JOIN '
-           f'(SELECT "customer_id", MAX("date") AS d FROM "payment" WHERE "deleted_at" IS NULL '
-           f'AND "customer_id" IS NOT NULL{where} GROUP BY "customer_id") m '
-           f'ON p."customer_id" = m."customer_id" AND p."date" = m.d WHERE p."deleted_at" IS NULL '
-           f'GROUP BY p."customer_id", p."date"')
-    for cid, day, amount in database.execute_sql(sql, args).fetchall():
-        snap = out.get(cid) or _get(out, cid, reporting_currency, 0)
-        snap.last_payment_date = day if isinstance(day, date) else date.fromisoformat(str(day)[:10])
-        snap.last_payment_reporting = to_decimal(amount)
-
-
-def _net_sales(out, ids, as_of: date, reporting_currency: str, period_days: int) -> None:
+def _net_sales(get, ids: Sequence[int] | None, as_of: date, period_days: int) -> None:
+    p = _ph()
     start = as_of - timedelta(days=period_days)  # the period is (start, as_of]
     sales: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for table, day_col, sign in (("invoice", "issue_date", 1), ("credit_memo", "date", -1)):
-        ph = placeholders(1)
-        sql = (f'SELECT "customer_id", SUM("amount_reporting") FROM "{table}" WHERE "{day_col}" > {ph} '
-               f'AND "{day_col}" <= {ph} AND "deleted_at" IS NULL AND "customer_id" IS NOT NULL '
-               f"AND \"status\" NOT IN ('voided', 'deleted')")
-        args: tuple = (start, as_of)
-        if ids is not None:
-            extra, extra_args = _in("customer_id", ids)
-            sql, args = sql + extra, args + extra_args
-        for cid, amount in database.execute_sql(sql + ' GROUP BY "customer_id"', args).fetchall():
-            sales[cid] += sign * (to_decimal(amount) or ZERO)
+    for table, day_col, out, sign in (("invoice", "issue_date", NOT_RECEIVABLE, 1),
+                                      ("credit_memo", '"date"', VOID, -1)):
+        sql = (f"SELECT customer_id, SUM({_u('amount_reporting')}) FROM {table} WHERE {day_col} > {p} "
+               f"AND {day_col} <= {p} AND deleted_at IS NULL AND customer_id IS NOT NULL "
+               f"AND status NOT IN ({_quoted(out)}){{filter}} GROUP BY customer_id")
+        for cid, amount in _rows(sql, (start, as_of), (), ids, "customer_id"):
+            sales[cid] += sign * _money(amount)
     for cid, amount in sales.items():
-        snap = out.get(cid) or _get(out, cid, reporting_currency, 0)
-        snap.net_sales_reporting = amount
+        get(cid).net_sales_reporting = amount
