@@ -515,5 +515,176 @@ def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> N
         console.print(render(result, f"Salesforce push bench ({accounts:,} accounts, {db_kind})"))
 
 
+# ---------------------------------------------------------------------- ar
+@main.group()
+def ar() -> None:
+    """AR figures from the store (docs/ar-metrics.md)."""
+
+
+@ar.command("report")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), help="[default: today, UTC]")
+@click.option("--period-days", default=90, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True)
+def ar_report(as_of, period_days, as_json) -> None:
+    """Portfolio AR as of a date: totals, aging, DSO, BPDSO, ADD, CEI, days to pay, billing currencies."""
+    from middleware.ar import portfolio
+    from middleware.fx import round_money
+
+    ctx = _ctx()
+    day = as_of.date() if as_of else datetime.now(timezone.utc).date()
+    m = portfolio(day, reporting_currency=ctx.settings.reporting_currency, period_days=period_days)
+    if as_json:
+        click.echo(json.dumps(m.as_dict(), default=str))
+        return
+    rep = m.reporting_currency
+
+    def num(value, currency=None, suffix=""):
+        return "—" if value is None else f"{round_money(value, currency or rep):,}{suffix}"
+
+    table = Table("figure", "value", title=f"Portfolio as of {day} ({rep}; period {m.period_start} – {day})")
+    for label, value in zip(m.bucket_labels, m.totals.buckets):
+        table.add_row(f"aging {label}", num(value))
+    for label, value in (("total AR", num(m.totals.open)), ("overdue", num(m.totals.overdue)),
+                         ("unapplied credits", num(m.totals.unapplied)), ("balance", num(m.totals.balance)),
+                         ("open invoices", f"{m.totals.open_count:,}"), ("customers", f"{m.customers:,}"),
+                         ("oldest overdue (days)", str(m.totals.oldest_overdue_days)),
+                         ("net credit sales", num(m.net_sales)), ("AR before the period (B)", num(m.opening_ar)),
+                         ("DSO", num(m.dso)), ("DSO countback", num(m.dso_countback)), ("BPDSO", num(m.bpdso)),
+                         ("ADD", num(m.add)), ("CEI", num(m.cei, suffix=" %")),
+                         ("invoices paid in the period", f"{m.paid_count:,}"),
+                         ("average days to pay", num(m.avg_days_to_pay)), ("average days late", num(m.avg_days_late)),
+                         ("paid on time", num(None if m.share_on_time is None else m.share_on_time * 100, suffix=" %"))):
+        table.add_row(label, value)
+    table.columns[1].justify = "right"
+    console.print(table)
+    by = Table("currency", *m.bucket_labels, "open", "overdue", "unapplied", "invoices", title="By billing currency")
+    for code, aging in m.by_currency.items():
+        by.add_row(code, *(num(v, code) for v in aging.buckets), num(aging.open, code), num(aging.overdue, code),
+                   num(aging.unapplied, code), f"{aging.open_count:,}")
+    for column in by.columns[1:]:
+        column.justify = "right"
+    console.print(by)
+    if m.fx_missing:
+        gaps = Table("kind", "currency", "documents", "amount", "dates", title="Missing rates (left out, never 1)")
+        for g in m.fx_missing:
+            dates = str(g.first_date) if g.first_date == g.last_date else f"{g.first_date} – {g.last_date}"
+            gaps.add_row(g.kind, g.currency, f"{g.documents:,}", num(g.amount, g.currency), dates)
+        console.print(gaps)
+
+
+# ----------------------------------------------------------------- dunning
+@main.group()
+def dunning() -> None:
+    """Dunning campaigns: plan a day's actions, explain a customer, seed the default campaign."""
+
+
+def _dunning_day(value, settings):
+    return value.date() if value else datetime.now(settings.tzinfo).date()
+
+
+def _first(rows: list, limit: int) -> list:
+    return rows if limit <= 0 else rows[:limit]
+
+
+@dunning.command("plan")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day to plan [default: today in ARHUB_TIMEZONE]")
+@click.option("--dry-run", is_flag=True, help="show what would be planned; write nothing")
+@click.option("--campaign", "campaign_names", multiple=True, help="plan only this campaign (repeatable)")
+@click.option("--catch-up-days", default=3, show_default=True, help="also plan steps missed on the days before")
+@click.option("--limit", default=50, show_default=True, help="rows shown per table (0: all)")
+def dunning_plan(as_of, dry_run, campaign_names, catch_up_days, limit) -> None:
+    """Plan the actions due on a day: who gets what, and why the others get nothing."""
+    from middleware.dunning import plan
+    from middleware.models import Campaign
+
+    ctx = _ctx(migrate=True)
+    day = _dunning_day(as_of, ctx.settings)
+    ids = None
+    if campaign_names:
+        found = {c.name: c.id for c in Campaign.select().where(Campaign.name.in_(list(campaign_names)))}
+        missing = sorted(set(campaign_names) - set(found))
+        if missing:
+            raise click.ClickException(f"no campaign named {', '.join(map(repr, missing))}")
+        ids = list(found.values())
+    result = plan(day, dry_run=dry_run, campaign_ids=ids, catch_up_days=catch_up_days)
+    if not result.sending_day:
+        console.print(f"{day.isoformat()} is not a sending day (business days and holidays): nothing planned")
+    sends = [r for r in result.rows if r.status in ("planned", "pending_approval", "approved")]
+    tasks = [r for r in result.rows if r.status == "task"]
+    skips = [r for r in result.rows if r.status == "skipped"]
+    table = Table("customer", "campaign", "step", "invoices", "to", "when (UTC)", "status",
+                  title=f"emails on {day.isoformat()} ({len(sends)})")
+    for r in _first(sends, limit):
+        table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers),
+                      r.to_address + (f" (cc {', '.join(r.cc)})" if r.cc else ""),
+                      f"{r.send_after:%Y-%m-%d %H:%M}", r.status + (f": {r.reason}" if r.reason else ""))
+    console.print(table)
+    if tasks:
+        table = Table("customer", "campaign", "step", "invoices", "task", title=f"tasks for collectors ({len(tasks)})")
+        for r in _first(tasks, limit):
+            table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers), r.reason or "")
+        console.print(table)
+    if skips:
+        table = Table("customer", "campaign", "step", "invoices", "why nothing is sent",
+                      title=f"skipped ({len(skips)})")
+        for r in _first(skips, limit):
+            table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers), r.reason or "")
+        console.print(table)
+    if result.unassigned:
+        names = ", ".join(name for _, name in _first(result.unassigned, limit))
+        console.print(f"{len(result.unassigned)} customer(s) with open invoices are in no campaign: {names}")
+    if result.already_planned:
+        console.print(f"{result.already_planned} invoice step(s) due were already planned earlier")
+    for (campaign, step, status), count in sorted(result.counts.items()):
+        console.print(f"  {campaign} / {step} / {status}: {count}")
+    written = "dry run: nothing written" if dry_run else f"{result.inserted} new action(s) written"
+    console.print(f"{len(result.rows)} action(s) for {result.customers_considered} customer(s) with open invoices; "
+                  f"{written} ({result.seconds:.2f} s)")
+
+
+def _find_customer(text: str):
+    from middleware.models import Customer
+
+    live = Customer.deleted_at.is_null()
+    found = []
+    if text.isdigit():
+        found = list(Customer.select().where(live, Customer.id == int(text)))
+    for column in (Customer.number, Customer.external_id, Customer.name):
+        if not found:
+            found = list(Customer.select().where(live, column == text).limit(5))
+    if not found:
+        raise click.ClickException(f"no customer with id, number, external id or name {text!r}")
+    if len(found) > 1:
+        raise click.ClickException(f"{text!r} names {len(found)} customers: use the id "
+                                   f"({', '.join(str(c.id) for c in found)})")
+    return found[0]
+
+
+@dunning.command("explain")
+@click.argument("customer")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day to explain [default: today in ARHUB_TIMEZONE]")
+def dunning_explain(customer, as_of) -> None:
+    """Which campaign CUSTOMER (id, number, external id or name) is in and why, and what each step does."""
+    from middleware.dunning import explain
+
+    ctx = _ctx()
+    found = _find_customer(customer)
+    for line in explain(found.id, _dunning_day(as_of, ctx.settings)).lines():
+        console.print(line, markup=False, highlight=False)
+
+
+@dunning.command("seed")
+def dunning_seed() -> None:
+    """Create the default campaign and its email templates (once; later edits are kept)."""
+    from middleware.dunning import seed_default_campaign
+
+    _ctx(migrate=True)
+    out = seed_default_campaign()
+    console.print(f"default campaign #{out['campaign']}: {out['steps_created']} step(s) and "
+                  f"{out['templates_created']} template(s) created")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
