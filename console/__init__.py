@@ -9,6 +9,7 @@ from flask import Flask, jsonify
 
 
 def create_app(config: dict | None = None) -> Flask:
+    from console import inbound
     from middleware.db import connect, database
     from middleware.migrations import current_version, head
     from middleware.secrets import install_log_redaction
@@ -21,6 +22,7 @@ def create_app(config: dict | None = None) -> Flask:
         app.config.update(config)
     install_log_redaction(settings, logger=app.logger)
     connect(settings.database_url)
+    inbound.init_app(app)  # POST /inbound/email: replies, authenticated by signature (no console login)
 
     @app.before_request
     def _open_db():

@@ -572,5 +572,133 @@ def ar_report(as_of, period_days, as_json) -> None:
         console.print(gaps)
 
 
+# ------------------------------------------------------------------- inbox
+@main.group()
+def inbox() -> None:
+    """Customer replies: receive one, poll the mailbox, see and handle what waits for whom."""
+
+
+def _reply_summary(message) -> str:
+    customer = message.customer.name if message.customer_id else "no customer"
+    to = {"routed": f"routed to {message.routed_to}", "queued": "in the team queue",
+          "auto_reply": "automatic reply: not routed", "unmatched": "unmatched"}.get(message.status, message.status)
+    how = f" (matched by {message.matched_by})" if message.matched_by else ""
+    return f"message #{message.id} <{message.message_id}>: {customer}{how}, {to}"
+
+
+@inbox.command("receive")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def inbox_receive(path) -> None:
+    """Receive the reply in the .eml file PATH, as the webhook and the IMAP poll do."""
+    from middleware.inbox import InboxError, ingest
+
+    _ctx()
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        message, created = ingest(raw)
+    except InboxError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(_reply_summary(message) + ("" if created else "; already received, nothing stored"),
+                  markup=False, highlight=False)
+
+
+@inbox.command("poll")
+@click.option("--limit", default=500, show_default=True, help="at most this many messages")
+def inbox_poll(limit) -> None:
+    """Receive the unseen messages of ARHUB_IMAP_URL now (what the poll job does)."""
+    from jobs.inbox import ImapError, poll_imap
+
+    try:
+        result = poll_imap(limit=limit)
+    except ImapError as exc:
+        raise click.ClickException(str(exc)) from None
+    if result["status"] != "ok":
+        raise click.ClickException(f"{result['status']}: {result['message']}")
+    statuses = {k: v for k, v in result.items() if k not in ("status", "fetched", "stored", "duplicates", "left")}
+    text = f"fetched {result['fetched']}: {result['stored']} stored"
+    if statuses:
+        text += " (" + ", ".join(f"{status} {count}" for status, count in statuses.items()) + ")"
+    text += f", {result['duplicates']} already received"
+    if result["left"]:
+        text += f"; {result['left']} left for the next poll"
+    console.print(text, markup=False, highlight=False)
+
+
+@inbox.command("list")
+@click.option("--collector", help="replies routed to this collector")
+@click.option("--queue", is_flag=True, help="replies in the team queue")
+@click.option("--unmatched", is_flag=True, help="replies no customer was found for")
+@click.option("--limit", default=100, show_default=True)
+def inbox_list(collector, queue, unmatched, limit) -> None:
+    """Replies waiting for someone (not handled yet), oldest first; by default routed and queued ones."""
+    from middleware.inbox import pending
+
+    _ctx()
+    table = Table("id", "received", "from", "customer", "subject", "waiting for", "matched by")
+    rows = list(pending(collector=collector, queue=queue, unmatched=unmatched).limit(limit))
+    for m in rows:
+        table.add_row(str(m.id), m.at.strftime("%Y-%m-%d %H:%M"), m.from_address or "",
+                      m.customer.name if m.customer_id else "", (m.subject or "")[:60],
+                      m.routed_to or ("team queue" if m.status == "queued" else m.status), m.matched_by or "")
+    console.print(table if rows else "nothing waiting")
+
+
+@inbox.command("handle")
+@click.argument("message")
+@click.option("--actor", required=True, help="who acted (the collector's email)")
+@click.option("--promise-until", type=click.DateTime(formats=["%Y-%m-%d"]), help="promise to pay by (YYYY-MM-DD)")
+@click.option("--amount", help="the promised amount, in the customer's billing currency")
+@click.option("--dispute", "dispute_invoice", help="number of the disputed invoice")
+@click.option("--note", help="a note for the customer's timeline")
+def inbox_handle(message, actor, promise_until, amount, dispute_invoice, note) -> None:
+    """Record what was done about reply MESSAGE (its id or Message-ID) and mark it handled."""
+    from middleware.inbox import InboxError, handle
+
+    _ctx()
+    try:
+        created = handle(message, actor, promise_until=promise_until.date() if promise_until else None,
+                         promise_amount=amount, dispute_invoice=dispute_invoice, note=note)
+    except (InboxError, LookupError) as exc:
+        raise click.ClickException(str(exc)) from None
+    recorded = ", ".join(a.kind for a in created) or "nothing recorded"
+    console.print(f"reply {message} handled by {actor}: {recorded}", markup=False, highlight=False)
+
+
+# -------------------------------------------------------------- statements
+@main.group()
+def statements() -> None:
+    """Customer statements as PDF (docs/statements.md)."""
+
+
+@statements.command("render")
+@click.argument("customer")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), help="[default: today, ARHUB_TIMEZONE]")
+@click.option("--out", type=click.Path(dir_okay=False), help="[default: <var dir>/statements/<date>/<customer id>.pdf]")
+def statements_render(customer, as_of, out) -> None:
+    """Render CUSTOMER's statement (a customer number, or an id) to a PDF file now, in this process."""
+    from jobs.statements import as_of_date, find_customer, write_statement
+
+    ctx = _ctx()
+    try:
+        customer_id = find_customer(customer)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from None
+    path = write_statement(customer_id, as_of_date(as_of, ctx.settings), ctx.settings, out=out)
+    console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+@statements.command("run")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]), help="[default: today, ARHUB_TIMEZONE]")
+def statements_run(as_of) -> None:
+    """Enqueue one statement job per customer with open invoices on the statements queue (reruns add none twice)."""
+    from jobs.statements import statement_run
+
+    _ctx()
+    result = statement_run(as_of=as_of.date() if as_of else None)
+    console.print(f"statements of {result['as_of']}: {result['enqueued']} enqueued, {result['requeued']} failed "
+                  f"ones requeued, {result['skipped']} already queued or done ({result['customers']} customers)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
