@@ -1,52 +1,18 @@
 """Inbound replies: parse an email, find the customer it is about, route it to the collector.
 
-:func:`receive` stores one RFC 5322 message as an inbound :class:`Message` and decides, in this
-order, which customer it belongs to (``Message.matched_by``):
+:func:`receive` stores one RFC 5322 message as an inbound :class:`Message`. The customer is
+found (``matched_by``) by our ``reply+<token>@`` address in the recipients (``token``), by
+``In-Reply-To``/``References`` naming a message we sent (``in_reply_to``), by invoice numbers
+that all belong to one customer (``invoice_number``), by the sender being a contact of one
+customer (``sender``), or by the sender's company domain (``domain``; never free mail).
+Automatic mail is kept as ``auto_reply``, never routed and handled on arrival; other replies
+go to the collector or whoever covers while they are away (``routed``), to the team queue
+(``queued``), or stay ``unmatched``. A routed or queued reply arrives unhandled, which pauses
+the customer's cadence (:func:`paused_customer_ids`) until a collector records what they did
+with :func:`handle`. Promise-to-pay and dispute language is *suggested* on the customer's
+timeline (an ``Activity(kind="reply")``), never acted on. A Message-ID is stored once.
 
-1. ``token``: an address ``reply+<token>@...`` in To, Cc, Delivered-To, X-Original-To or
-   Envelope-To whose token is the ``thread_token`` of a message we sent (our dunning emails
-   carry ``Reply-To: reply+<token>@<ARHUB_REPLY_DOMAIN>``);
-2. ``in_reply_to``: ``In-Reply-To``, then ``References`` (newest first), naming the
-   Message-ID of a message we sent;
-3. ``invoice_number``: invoice numbers standing alone in the subject or body (a number glued to
-   letters, digits, ``-`` or ``_`` is part of a longer token and does not count; at least 4
-   characters with a digit), used only when every one found belongs to the same customer;
-4. ``sender``: the From address is the email of a contact of exactly one customer;
-5. ``domain``: the From domain is the domain of contacts of exactly one customer. Free-mail
-   domains (gmail.com, gmx.de, outlook.com, ...) never count.
-
-Then the status (``Message.status``):
-
-* ``auto_reply``: out-of-office and other automatic mail (``Auto-Submitted`` other than ``no``,
-  ``X-Autoreply``, ``X-Autorespond``, ``Precedence: auto_reply|bulk|junk``, subjects such as
-  "Out of office", "Automatic reply", "Abwesenheitsnotiz"). Still matched, for the customer's
-  history, but never routed, and handled on arrival (nobody needs to act, the cadence goes on).
-* ``routed``: to the customer's collector, or to whoever covers for them while they are away
-  (``User.away_until`` inclusive, following ``User.cover``); ``routed_to`` is that email.
-* ``queued``: the customer has no collector (or the collector is away without an available
-  cover, or no longer active): the team queue, ``routed_to`` is None.
-* ``unmatched``: no customer found; someone assigns it (:func:`assign`) or dismisses it.
-
-A routed or queued reply arrives with ``handled_at`` None: that **pauses the customer's
-cadence** (the dunning planner skips customers with an unhandled inbound message) until a
-collector records what they did with :func:`handle` (a promise to pay, a dispute, a note, or
-nothing), which sets ``handled_at``.
-
-Suggestions: a light detector (:func:`suggest`) reads the new part of the reply (quoted text
-removed) for promise-to-pay language ("we will pay by 4 December", "payment will be made on
-2026-12-04", "Wir werden bis zum 04.12.2026 überweisen") and dispute language ("we dispute",
-"incorrect invoice", "Widerspruch"). It never acts: a matched, non-automatic reply gets one
-``Activity(kind="reply")`` on the customer's timeline whose ``body`` is::
-
-    reply <Message-ID> from <sender>: <subject>
-    suggested: promise until 2026-12-04 amount 1200.00 EUR ("We will pay by 4 December ...")
-    suggested: dispute on INV-1001 ("We dispute invoice INV-1001 ...")
-
-and the console can call :func:`suggestions_for` to get the same suggestions as objects.
-
-Idempotent: a Message-ID already stored is not stored again (two deliveries, a webhook retry,
-an IMAP re-read after a crash); ``receive`` returns the stored row. A message without a
-Message-ID gets one derived from its bytes, so the same bytes are stored once too.
+docs/replies.md describes every rule; the docstrings below state each function's part.
 """
 from __future__ import annotations
 
