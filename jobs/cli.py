@@ -515,6 +515,28 @@ def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> N
         console.print(render(result, f"Salesforce push bench ({accounts:,} accounts, {db_kind})"))
 
 
+@bench.command("statements")
+@click.option("--invoices-per-statement", default=60, show_default=True, type=click.IntRange(min=1))
+@click.option("--count", default=30, show_default=True, type=click.IntRange(min=1), help="statements rendered")
+@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+              help="server for --db postgres (a scratch database is created and dropped)")
+@click.option("--json", "as_json", is_flag=True)
+def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) -> None:
+    """Statement PDFs per second, against a bare WeasyPrint render of the same HTML in the same run."""
+    from jobs.bench_statements import statements as run_bench
+
+    result = run_bench(invoices_per_statement=invoices_per_statement, count=count, db_kind=db_kind, pg_url=pg_url,
+                       log=None if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        table = Table("figure", "value", title=f"statements bench ({count} x {invoices_per_statement} lines, {db_kind})")
+        for key, value in result.items():
+            table.add_row(key, str(value))
+        console.print(table)
+
+
 # ---------------------------------------------------------------------- ar
 @main.group()
 def ar() -> None:

@@ -1,0 +1,170 @@
+"""``arhub bench statements``: two-page customer statements per second, against WeasyPrint alone.
+
+One run, in a scratch SQLite database under a temporary var dir (or ``--db postgres``):
+
+1. seed ``--count`` customers (locales en_US, de_DE, fr_FR, ja_JP in turn; billing currencies
+   USD, EUR, EUR, JPY), each with ``--invoices-per-statement`` open invoices spread over the
+   aging buckets, a billing contact, one unapplied credit memo and closing rates into USD;
+2. warm up: one statement rendered and discarded (the stylesheet is parsed, the template
+   compiled, the logo decoded: what a worker does once per process);
+3. **statements**: ``render_statement_pdf`` for every customer, timed end to end (store reads,
+   Jinja2, WeasyPrint): ``statements_per_s``;
+4. **floor**: for the same customers, the standalone HTML that ``render_statement_html``
+   returns (stylesheet inline, logo as a data: URL) rendered with a bare
+   ``weasyprint.HTML(string=html).write_pdf()``, the HTML built before the clock starts:
+   ``floor_per_s``; ``ratio = floor_per_s / statements_per_s`` (≤ 1.2 is the target);
+5. **layout floor** (stricter, for the record): the exact HTML ``render_statement_pdf``
+   lays out, through WeasyPrint with the same parsed stylesheet, font configuration and image
+   cache, nothing else: ``layout_floor_per_s``; ``layout_ratio`` is then what the store reads and
+   the template cost on top of WeasyPrint.
+
+Every rendered statement is checked to have the expected page count (``pages``).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Callable
+
+LOCALES = (("en_US", "USD", "US"), ("de_DE", "EUR", "DE"), ("fr_FR", "EUR", "FR"), ("ja_JP", "JPY", "JP"))
+RATES = {"EUR": Decimal("1.0823"), "JPY": Decimal("0.0064"), "GBP": Decimal("1.2650")}
+
+
+def seed_statement_book(customers: int, invoices_per_customer: int, *, as_of: date,
+                        reporting_currency: str = "USD", company: str = "Acme Receivables GmbH") -> list[int]:
+    """Seed ``customers`` customers with ``invoices_per_customer`` open invoices each (and a billing
+    contact, an unapplied credit memo, closing rates); returns the customer ids. Needs a migrated,
+    bound database."""
+    from middleware.db import database
+    from middleware.models import Company, Contact, CreditMemo, Customer, FxRate, Invoice, Source
+
+    with database.atomic():
+        if not Company.select().exists():
+            Company.create(name=company, reporting_currency=reporting_currency)
+        source, _ = Source.get_or_create(name="bench-statements", defaults={"kind": "rest"})
+        FxRate.insert_many(
+            [{"base_currency": reporting_currency, "currency": c, "rate_date": as_of - timedelta(days=d),
+              "rate": r + Decimal(d) / 10000, "source_name": "bench"} for c, r in RATES.items() for d in (0, 3, 30)]
+        ).on_conflict_ignore().execute()
+        start = Customer.select().count()
+        rows = []
+        for i in range(start, start + customers):
+            locale, currency, country = LOCALES[i % len(LOCALES)]
+            rows.append({"source": source, "external_id": f"C{i:05d}", "number": f"CUST-{i:05d}",
+                         "name": f"Customer {i:05d} {country} Trading", "billing_currency": currency,
+                         "country": country, "locale": locale, "content_hash": "x"})
+        Customer.insert_many(rows).execute()
+        ids = [c.id for c in Customer.select(Customer.id, Customer.external_id, Customer.billing_currency)
+               .where(Customer.source == source).order_by(Customer.id)][start:]
+        by_id = {c.id: c for c in Customer.select().where(Customer.id.in_(ids))}
+        contacts, invoices, memos = [], [], []
+        for cid in ids:
+            cust = by_id[cid]
+            contacts.append({"source": source, "external_id": f"{cust.external_id}:billing:0", "customer": cid,
+                             "customer_external_id": cust.external_id, "name": "Alex Payable",
+                             "email": f"ap-{cid}@example.com", "role": "billing", "content_hash": "x"})
+            for n in range(invoices_per_customer):
+                due = as_of + timedelta(days=20) - timedelta(days=(n * 137) % 150)
+                amount = Decimal(1000 + (n * 7919) % 90000) / (1 if cust.billing_currency == "JPY" else 100)
+                open_amount = amount if n % 5 else (amount / 2).quantize(Decimal("0.01"))
+                invoices.append({"source": source, "external_id": f"{cust.external_id}-I{n:04d}",
+                                 "number": f"INV-{cid:05d}-{n:04d}", "customer": cid,
+                                 "customer_external_id": cust.external_id, "currency": cust.billing_currency,
+                                 "amount": amount, "open_amount": open_amount, "issue_date": due - timedelta(days=30),
+                                 "due_date": due, "po_number": f"PO-{n:05d}" if n % 3 else None,
+                                 "content_hash": "x"})
+            memos.append({"source": source, "external_id": f"{cust.external_id}-CM", "number": f"CM-{cid:05d}",
+                          "customer": cid, "customer_external_id": cust.external_id,
+                          "currency": cust.billing_currency, "amount": Decimal("150"),
+                          "unapplied_amount": Decimal("150"), "date": as_of - timedelta(days=5), "content_hash": "x"})
+        for model, data in ((Contact, contacts), (Invoice, invoices), (CreditMemo, memos)):
+            for i in range(0, len(data), 500):
+                model.insert_many(data[i:i + 500]).execute()
+    return ids
+
+
+def _pages(pdf: bytes) -> int:
+    import io
+
+    from pypdf import PdfReader
+
+    return len(PdfReader(io.BytesIO(pdf)).pages)
+
+
+def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: str = "sqlite",
+               pg_url: str = "postgresql://postgres@127.0.0.1:5432/test",
+               log: Callable[[str], None] | None = None) -> dict:
+    """Run the bench (see the module docstring) and return its figures."""
+    import weasyprint
+
+    from jobs.bench_salesforce import _scratch_database
+    from jobs.bootstrap import bootstrap
+    from middleware import statements as st
+
+    log = log or (lambda message: None)
+    as_of = date(2026, 11, 30)
+    with tempfile.TemporaryDirectory(prefix="arhub-bench-statements-") as workdir, \
+            _scratch_database(db_kind, pg_url, workdir):
+        bootstrap(migrate=True, logging_=False)
+        ids = seed_statement_book(count, invoices_per_statement, as_of=as_of)
+        log(f"seeded {count} customers x {invoices_per_statement} invoices ({db_kind})")
+        kwargs = {"as_of": as_of, "reporting_currency": "USD"}
+
+        t0 = time.perf_counter()
+        warm = st.render_statement_pdf(ids[0], **kwargs)
+        warmup_seconds = time.perf_counter() - t0
+
+        pages: dict[int, int] = {}
+        t0 = time.perf_counter()
+        pdfs = [st.render_statement_pdf(cid, **kwargs) for cid in ids]
+        seconds = time.perf_counter() - t0
+        for pdf in pdfs:
+            pages[_pages(pdf)] = pages.get(_pages(pdf), 0) + 1
+        log(f"statements: {count} in {seconds:.2f} s")
+
+        standalone = [st.render_statement_html(cid, **kwargs) for cid in ids]
+        t0 = time.perf_counter()
+        floor_pdfs = [weasyprint.HTML(string=html).write_pdf() for html in standalone]
+        floor_seconds = time.perf_counter() - t0
+        log(f"floor (bare weasyprint.HTML(string=html).write_pdf()): {count} in {floor_seconds:.2f} s")
+
+        laid_out = [st._html(st.statement_context(cid, **kwargs), standalone=False) for cid in ids]
+        t0 = time.perf_counter()
+        for html in laid_out:
+            st.html_to_pdf(html)
+        layout_seconds = time.perf_counter() - t0
+        log(f"layout floor (same HTML, parsed stylesheet, shared caches): {count} in {layout_seconds:.2f} s")
+
+        floor_pages = {}
+        for pdf in floor_pdfs:
+            floor_pages[_pages(pdf)] = floor_pages.get(_pages(pdf), 0) + 1
+
+    per_s = count / seconds
+    floor_per_s = count / floor_seconds
+    layout_per_s = count / layout_seconds
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}, "
+                   f"WeasyPrint {weasyprint.__version__}",
+        "db": db_kind,
+        "count": count,
+        "invoices_per_statement": invoices_per_statement,
+        "pages": {str(k): v for k, v in sorted(pages.items())},
+        "floor_pages": {str(k): v for k, v in sorted(floor_pages.items())},
+        "pdf_kib": round(sum(map(len, pdfs)) / len(pdfs) / 1024, 1),
+        "floor_pdf_kib": round(sum(map(len, floor_pdfs)) / len(floor_pdfs) / 1024, 1),
+        "warmup_seconds": round(warmup_seconds, 3),
+        "warm_pdf_pages": _pages(warm),
+        "statements_seconds": round(seconds, 3),
+        "statements_per_s": round(per_s, 2),
+        "floor_seconds": round(floor_seconds, 3),
+        "floor_per_s": round(floor_per_s, 2),
+        "ratio": round(floor_per_s / per_s, 3),
+        "layout_floor_seconds": round(layout_seconds, 3),
+        "layout_floor_per_s": round(layout_per_s, 2),
+        "layout_ratio": round(layout_per_s / per_s, 3),
+    }
