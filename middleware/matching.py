@@ -315,9 +315,6 @@ def _parent_domains(host: str) -> Iterable[str]:
 # -- in-memory views of the rows ---------------------------------------------------------------
 
 
-_NO_NUMBERS: frozenset[str] = frozenset()
-
-
 class _Named:
     """Name forms shared by customers and Accounts: full key, sorted tokens, sorted tokens without numbers."""
 
@@ -327,14 +324,22 @@ class _Named:
         tokens = key.split()
         self.key = key
         self.sorted_full = " ".join(sorted(tokens))
+        # tuples, not sets: 300,000 of these are held at once
         if any(t.isdigit() for t in tokens):
             words = [t for t in tokens if not t.isdigit()]
             self.has_digits = True
-            self.numbers = frozenset(t for t in tokens if t.isdigit())
+            self.numbers = tuple(sorted({t for t in tokens if t.isdigit()}))
             self.core = " ".join(sorted(words)) if words else self.sorted_full
-            self.words = set(words or tokens)  # blocking tokens
+            self.words = tuple(dict.fromkeys(words or tokens))  # blocking tokens
         else:
-            self.has_digits, self.numbers, self.core, self.words = False, _NO_NUMBERS, self.sorted_full, set(tokens)
+            self.has_digits, self.numbers, self.core = False, (), self.sorted_full
+            self.words = tuple(dict.fromkeys(tokens))
+
+
+def _country(value: str | None) -> str | None:
+    """An ISO 3166 alpha-2 code, upper-case; anything else ("Germany") is no evidence rather than a mismatch."""
+    value = (value or "").strip().upper()
+    return value if len(value) == 2 and value.isalpha() else None
 
 
 class _Acc(_Named):
@@ -343,7 +348,7 @@ class _Acc(_Named):
     def __init__(self, sf_id, name, name_key, erp_key, domain, country, parent_sf_id):
         self.sf_id, self.name, self.erp_key = sf_id, name, (erp_key or "").strip() or None
         self.domain = (domain or "").strip().lower() or None
-        self.country = (country or "").strip().upper() or None
+        self.country = _country(country)
         self.parent_sf_id = parent_sf_id
         self._set_name(name_key if name_key is not None else normalize_name(name))
 
@@ -355,7 +360,7 @@ class _Cust(_Named):
         self.id, self.name, self.parent_id, self.sf_id, self.state = cid, name, parent_id, sf_id, state
         self.erp_key = (str(erp_key).strip() or None) if erp_key is not None else None
         self.domain = domain_of(email)
-        self.country = (country or "").strip().upper() or None
+        self.country = _country(country)
         self._set_name(normalize_name(name))
 
 
@@ -495,7 +500,7 @@ class _Index:
 # -- decisions -----------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class _Decision:
     state: str
     sf_id: str | None

@@ -391,3 +391,13 @@ def test_a_decision_made_during_a_run_wins(sf, erp, monkeypatch):
     assert result.manual_kept == 1 and result.changed == 0
     assert candidates(c)[chosen.sf_id].status == "accepted"
     assert auto.sf_id not in candidates(c)
+
+
+def test_country_names_are_no_evidence(sf, erp):
+    """Only two-letter country codes count: an Account whose country field holds "Germany" is
+    neither a match nor a mismatch for a customer in DE."""
+    c = customer(erp, "Sterling Cooper", country="DE")
+    a = account(sf, "Sterling Cooper GmbH", country="Germany")
+    run_matching(sf)
+    assert state(c) == ("auto", a.sf_id)
+    assert matching.explain_match(c.id)["reasons"] == ["name 100 (exact)"]
