@@ -5,18 +5,22 @@ One run, in a scratch SQLite database under a temporary var dir (or ``--db postg
 1. seed ``--count`` customers (locales en_US, de_DE, fr_FR, ja_JP in turn; billing currencies
    USD, EUR, EUR, JPY), each with ``--invoices-per-statement`` open invoices spread over the
    aging buckets, a billing contact, one unapplied credit memo and closing rates into USD;
-2. warm up: one statement rendered and discarded (the stylesheet is parsed, the template
-   compiled, the logo decoded: what a worker does once per process);
-3. **statements**: ``render_statement_pdf`` for every customer, timed end to end (store reads,
-   Jinja2, WeasyPrint): ``statements_per_s``;
-4. **floor**: for the same customers, the standalone HTML that ``render_statement_html``
+2. **forked, cold**: each statement rendered in a child process forked from this one, as rq's
+   work horse is forked from the worker for every job, with nothing warmed in the parent
+   (weasyprint imported, nothing parsed or loaded): ``forked_cold_per_s``;
+3. ``warm_up()`` in this process (stylesheet parsed, template compiled, fonts and logo loaded),
+   then the same forked run: ``forked_warm_per_s`` (what a worker gets when its parent process
+   calls ``middleware.statements.warm_up()`` before forking);
+4. **statements**: ``render_statement_pdf`` for every customer in this process, timed end to
+   end (store reads, Jinja2, WeasyPrint): ``statements_per_s``;
+5. **floor**: for the same customers, the standalone HTML that ``render_statement_html``
    returns (stylesheet inline, logo as a data: URL) rendered with a bare
    ``weasyprint.HTML(string=html).write_pdf()``, the HTML built before the clock starts:
    ``floor_per_s``; ``ratio = floor_per_s / statements_per_s`` (≤ 1.2 is the target);
-5. **layout floor** (stricter, for the record): the exact HTML ``render_statement_pdf``
+6. **layout floor** (stricter, for the record): the exact HTML ``render_statement_pdf``
    lays out, through WeasyPrint with the same parsed stylesheet, font configuration and image
    cache, nothing else: ``layout_floor_per_s``; ``layout_ratio`` is then what the store reads and
-   the template cost on top of WeasyPrint.
+   the template cost on top of WeasyPrint alone.
 
 Every rendered statement is checked to have the expected page count (``pages``).
 """
@@ -95,6 +99,29 @@ def _pages(pdf: bytes) -> int:
     return len(PdfReader(io.BytesIO(pdf)).pages)
 
 
+def _forked(ids: list[int], kwargs: dict, db_url: str) -> float:
+    """Seconds to render each statement in a child forked from this process (one after the other,
+    as one rq worker forks one work horse per job); the child opens its own database connection."""
+    from middleware import statements as st
+    from middleware.db import connect
+
+    t0 = time.perf_counter()
+    for cid in ids:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                connect(db_url)
+                st.render_statement_pdf(cid, **kwargs)
+                code = 0
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:
+            raise RuntimeError(f"the forked render of customer {cid} failed (status {status})")
+    return time.perf_counter() - t0
+
+
 def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: str = "sqlite",
                pg_url: str = "postgresql://postgres@127.0.0.1:5432/test",
                log: Callable[[str], None] | None = None) -> dict:
@@ -107,16 +134,22 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
 
     log = log or (lambda message: None)
     as_of = date(2026, 11, 30)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="arhub-bench-statements-") as workdir, \
-            _scratch_database(db_kind, pg_url, workdir):
+            _scratch_database(db_kind, pg_url, workdir) as db_url:
         bootstrap(migrate=True, logging_=False)
         ids = seed_statement_book(count, invoices_per_statement, as_of=as_of)
         log(f"seeded {count} customers x {invoices_per_statement} invoices ({db_kind})")
         kwargs = {"as_of": as_of, "reporting_currency": "USD"}
 
+        forked_cold = _forked(ids, kwargs, db_url)
+        log(f"forked, nothing warmed in the parent: {count} in {forked_cold:.2f} s")
         t0 = time.perf_counter()
-        warm = st.render_statement_pdf(ids[0], **kwargs)
+        st.warm_up()
         warmup_seconds = time.perf_counter() - t0
+        forked_warm = _forked(ids, kwargs, db_url)
+        log(f"forked after warm_up() in the parent ({warmup_seconds:.2f} s): {count} in {forked_warm:.2f} s")
+        warm = st.render_statement_pdf(ids[0], **kwargs)
 
         pages: dict[int, int] = {}
         t0 = time.perf_counter()
@@ -150,6 +183,7 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}, "
                    f"WeasyPrint {weasyprint.__version__}",
+        "load_avg_1m": f"{load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
         "db": db_kind,
         "count": count,
         "invoices_per_statement": invoices_per_statement,
@@ -157,8 +191,10 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         "floor_pages": {str(k): v for k, v in sorted(floor_pages.items())},
         "pdf_kib": round(sum(map(len, pdfs)) / len(pdfs) / 1024, 1),
         "floor_pdf_kib": round(sum(map(len, floor_pdfs)) / len(floor_pdfs) / 1024, 1),
-        "warmup_seconds": round(warmup_seconds, 3),
         "warm_pdf_pages": _pages(warm),
+        "forked_cold_per_s": round(count / forked_cold, 2),
+        "warm_up_seconds": round(warmup_seconds, 3),
+        "forked_warm_per_s": round(count / forked_warm, 2),
         "statements_seconds": round(seconds, 3),
         "statements_per_s": round(per_s, 2),
         "floor_seconds": round(floor_seconds, 3),
