@@ -205,6 +205,20 @@ def test_sixty_lines_lay_out_on_two_pages_with_header_and_page_numbers(book, db)
     assert "Aging summary" in pages[1] and "Total balance in USD" in pages[1]
 
 
+def test_standalone_html_renders_the_same_statement_with_bare_weasyprint(book):
+    """``render_statement_html`` is a self-contained document (stylesheet inline, logo as a data:
+    URL, no file or network reference): a bare ``weasyprint.HTML(string=html).write_pdf()`` gives
+    the same pages and text as ``render_statement_pdf``; this is the bench's floor."""
+    import weasyprint
+
+    from middleware.statements import render_statement_html
+
+    html = render_statement_html(book["de"], as_of=AS_OF, reporting_currency="USD")
+    assert "<style>" in html and 'src="data:image/svg+xml;base64,' in html
+    assert "file:" not in html and "http://" not in html.replace("http://127.0.0.1:5000/pay/", "")
+    assert _text(weasyprint.HTML(string=html).write_pdf()) == _text(_pdf(book["de"]))
+
+
 def test_url_fetcher_serves_only_the_statement_assets(tmp_path):
     """The fetcher serves files under templates/statements/ and small data: URLs, and refuses
     http(s), file:///etc/passwd, a path escaping the directory with "..", and an oversized
