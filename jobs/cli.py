@@ -722,5 +722,191 @@ def statements_run(as_of) -> None:
                   f"ones requeued, {result['skipped']} already queued or done ({result['customers']} customers)")
 
 
+# ------------------------------------------------------------------- users
+@main.group()
+def users() -> None:
+    """People who use arhub: admins, collectors, viewers."""
+
+
+def _read_password(prompt: bool) -> str:
+    """A password from stdin: hidden and confirmed on a terminal, else the first line of the pipe."""
+    if prompt and sys.stdin.isatty():
+        return click.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@users.command("create")
+@click.option("--email", required=True)
+@click.option("--name", required=True)
+@click.option("--role", type=click.Choice(["admin", "collector", "viewer"]), default="collector", show_default=True)
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin (never an argument: it would "
+              "show in the process list and the shell history)")
+def users_create(email, name, role, password_stdin) -> None:
+    """Create a user (without --password-stdin the user cannot log in until a password is set)."""
+    from middleware.people import PeopleError, create_user
+
+    _ctx(migrate=True)
+    password = _read_password(True) if password_stdin else None
+    try:
+        user = create_user(email, name, role, password, actor="cli")
+    except PeopleError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"user {user.email} ({user.role}) created"
+                  f"{'' if user.password_hash else '; no password yet: arhub users password'}",
+                  markup=False, highlight=False)
+
+
+@users.command("password")
+@click.argument("email")
+def users_password(email) -> None:
+    """Set EMAIL's password, read from stdin (hidden and confirmed on a terminal)."""
+    from middleware.people import PeopleError, set_password
+
+    _ctx()
+    try:
+        set_password(email, _read_password(True), actor="cli")
+    except PeopleError as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"password of {email.strip().lower()} set", markup=False, highlight=False)
+
+
+@users.command("list")
+def users_list() -> None:
+    """Users with their role and who covers them while away."""
+    from middleware.people import list_users
+
+    _ctx()
+    table = Table("email", "name", "role", "active", "password", "away until", "cover")
+    for user in list_users():
+        table.add_row(user.email, user.name, user.role, "yes" if user.active else "no",
+                      "set" if user.password_hash else "none",
+                      user.away_until.isoformat() if user.away_until else "", user.cover.email if user.cover_id else "")
+    console.print(table)
+
+
+# ------------------------------------------------------------------- rules
+@main.group()
+def rules() -> None:
+    """Assignment rules: tags, segments and collectors (docs/collectors-and-rules.md)."""
+
+
+@rules.command("apply")
+def rules_apply() -> None:
+    """Apply every enabled rule to every customer now (what a person assigned is kept)."""
+    from middleware.locks import LockBusy
+    from middleware.rules import RuleError, apply_rules
+
+    _ctx()
+    try:
+        result = apply_rules(actor="cli")
+    except (RuleError, LockBusy) as exc:
+        raise click.ClickException(str(exc)) from None
+    console.print(f"{result.customers} customers in {result.seconds:.1f}s: tags +{result.tags_added} "
+                  f"-{result.tags_removed}; {result.segments_changed} segments and {result.collectors_changed} "
+                  f"collectors changed; kept as people set them: {result.segment_held} segments, "
+                  f"{result.collector_held} collectors; team queue: {result.team_queue}", markup=False, highlight=False)
+    if result.matched:
+        table = Table("rule", "customers")
+        for name, count in result.matched.items():
+            table.add_row(name, str(count))
+        console.print(table)
+
+
+@rules.command("seed")
+def rules_seed() -> None:
+    """Create the default tag and segment rules that do not exist yet."""
+    from middleware.rules import seed_default_rules
+
+    _ctx(migrate=True)
+    created = seed_default_rules(actor="cli")
+    console.print(f"created {', '.join(created)}" if created else "default rules already there: nothing to do",
+                  markup=False, highlight=False)
+
+
+@rules.command("list")
+def rules_list() -> None:
+    """Rules in the order they are evaluated."""
+    from middleware.models import AssignmentRule
+
+    _ctx()
+    table = Table("kind", "priority", "name", "conditions", "value", "enabled")
+    for rule in AssignmentRule.select().order_by(AssignmentRule.kind, AssignmentRule.priority, AssignmentRule.id):
+        conditions = " and ".join(f"{c['field']} {c['op']} {json.dumps(c['value']) if 'value' in c else ''}".strip()
+                                  for c in rule.conditions) or "(every customer)"
+        table.add_row(rule.kind, str(rule.priority), rule.name, conditions, rule.value, "yes" if rule.enabled else "no")
+    console.print(table)
+
+
+# -------------------------------------------------------------- collectors
+@main.group()
+def collectors() -> None:
+    """Collectors' books: reassign, cover while away, workload."""
+
+
+@collectors.command("reassign")
+@click.argument("from_email")
+@click.argument("to_email")
+@click.option("--customer", "customer_ids", type=int, multiple=True,
+              help="only this customer id (repeatable); they then stay with TO whatever the rules say")
+@click.option("--actor", default="cli", show_default=True, help="who is recorded in the audit log")
+def collectors_reassign(from_email, to_email, customer_ids, actor) -> None:
+    """Move FROM_EMAIL's book (and collector rules) to TO_EMAIL."""
+    from middleware.rules import RuleError, reassign
+
+    _ctx()
+    try:
+        result = reassign(from_email, to_email, actor, customer_ids=list(customer_ids) or None)
+    except RuleError as exc:
+        raise click.ClickException(str(exc)) from None
+    line = f"moved {result.moved} customers to {to_email.strip().lower()}"
+    if result.rules_repointed:
+        line += f"; rules now giving them: {', '.join(result.rules_repointed)}"
+    if result.skipped:
+        line += f"; {result.skipped} requested customers were not {from_email.strip().lower()}'s"
+    console.print(line, markup=False, highlight=False)
+
+
+@collectors.command("away")
+@click.argument("email")
+@click.option("--until", type=click.DateTime(formats=["%Y-%m-%d"]), help="last day away (back the day after)")
+@click.option("--cover", "cover_email", help="who takes the accounts, approvals and replies meanwhile")
+@click.option("--back", is_flag=True, help="end the absence now")
+@click.option("--actor", default="cli", show_default=True, help="who is recorded in the audit log")
+def collectors_away(email, until, cover_email, back, actor) -> None:
+    """Mark EMAIL away through --until, covered by --cover (none: the team queue)."""
+    from middleware.people import PeopleError, set_away
+
+    if back == bool(until):
+        raise click.UsageError("give --until DATE, or --back")
+    _ctx()
+    try:
+        user = set_away(email, None if back else until.date(), None if back else cover_email, actor=actor)
+    except PeopleError as exc:
+        raise click.ClickException(str(exc)) from None
+    if back:
+        console.print(f"{user.email} is back", markup=False, highlight=False)
+    else:
+        console.print(f"{user.email} away through {user.away_until.isoformat()}; "
+                      f"covered by {user.cover.email if user.cover_id else 'the team queue'}", markup=False,
+                      highlight=False)
+
+
+@collectors.command("workload")
+@click.option("--effective", is_flag=True, help="count the books of people away today under whoever covers them")
+def collectors_workload(effective) -> None:
+    """Customers and open amount per collector, and the team queue."""
+    from middleware.people import workload
+
+    ctx = _ctx()
+    table = Table("collector", "customers", "open invoices", f"open ({ctx.settings.reporting_currency})",
+                  "without rate", "away until", "covered by / covering")
+    for row in workload(effective=effective):
+        table.add_row(row.collector or "(team queue)", str(row.customers), str(row.open_invoices),
+                      f"{row.open_amount:,.2f}", str(row.fx_missing),
+                      row.away_until.isoformat() if row.away_until else "",
+                      row.covered_by or ", ".join(row.covering_for))
+    console.print(table)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
