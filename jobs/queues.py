@@ -175,6 +175,19 @@ class Worker(HerokuWorker):
         ctx = bootstrap()
         self.imminent_shutdown_delay = ctx.settings.worker_shutdown_grace_seconds
         install_log_redaction(ctx.settings, logger=logging.getLogger("rq.worker"))
+        if {"statements", "dunning"} & {q.name for q in self.queues}:
+            self._warm_statements()
+
+    @staticmethod
+    def _warm_statements() -> None:
+        """Parse the statement stylesheet and load fonts once in the parent: every forked work
+        horse starts warm instead of paying ~1 s per statement or attachment job."""
+        try:
+            from middleware.statements import warm_up
+
+            warm_up()
+        except Exception as exc:  # a worker without WeasyPrint's libraries still runs other jobs
+            logging.getLogger("rq.worker").warning("statement warm-up skipped: %s", exc)
 
 
 def start_worker_process(
@@ -211,6 +224,7 @@ def start_worker_process(
         "--url", url,
         "--worker-class", WORKER_CLASS,
         "--name", name,
+        "--with-scheduler",  # retries with an interval (emails) wait in the scheduled registry
         *(["--burst"] if burst else []),
         *extra_args,
         *queues,
