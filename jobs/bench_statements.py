@@ -9,20 +9,26 @@ One run, in a scratch SQLite database under a temporary var dir (or ``--db postg
    work horse is forked from the worker for every job, with nothing warmed in the parent
    (weasyprint imported, nothing parsed or loaded): ``forked_cold_per_s``;
 3. ``warm_up()`` in this process (stylesheet parsed, template compiled, fonts and logo loaded),
-   then the same forked run: ``forked_warm_per_s`` (what a worker gets when its parent process
-   calls ``middleware.statements.warm_up()`` before forking);
-4. **statements**: ``render_statement_pdf`` for every customer in this process, timed end to
-   end (store reads, Jinja2, WeasyPrint): ``statements_per_s``;
-5. **floor**: for the same customers, the standalone HTML that ``render_statement_html``
-   returns (stylesheet inline, logo as a data: URL) rendered with a bare
-   ``weasyprint.HTML(string=html).write_pdf()``, the HTML built before the clock starts:
-   ``floor_per_s``; ``ratio = floor_per_s / statements_per_s`` (≤ 1.2 is the target);
-6. **layout floor** (stricter, for the record): the exact HTML ``render_statement_pdf``
-   lays out, through WeasyPrint with the same parsed stylesheet, font configuration and image
-   cache, nothing else: ``layout_floor_per_s``; ``layout_ratio`` is then what the store reads and
-   the template cost on top of WeasyPrint alone.
+   then, one customer at a time (interleaved, so that a change in the shared machine's load hits
+   every path alike), four timed paths:
 
-Every rendered statement is checked to have the expected page count (``pages``).
+   a. **forked, warm**: the forked render again: ``forked_warm_per_s``, what a worker gets when
+      its parent process calls ``middleware.statements.warm_up()`` before forking;
+   b. **statements**: ``render_statement_pdf`` in this process, end to end (store reads,
+      Jinja2, WeasyPrint): ``statements_per_s``;
+   c. **floor**: the standalone HTML that ``render_statement_html`` returns (stylesheet inline,
+      logo as a data: URL, built before the clock starts) through a bare
+      ``weasyprint.HTML(string=html).write_pdf()``: ``floor_per_s``;
+      ``ratio = floor_per_s / statements_per_s`` (≤ 1.2 is the target); ``ratio_cpu`` is the
+      same in CPU seconds of this process (less sensitive to other processes on the machine),
+      ``statements_per_cpu_s`` the rate per CPU second;
+   d. **layout floor** (stricter, for the record): the exact HTML ``render_statement_pdf`` lays
+      out, through WeasyPrint with the same parsed stylesheet, font configuration and image
+      cache, nothing else: ``layout_floor_per_s``; ``layout_ratio`` is what the store reads and
+      the template cost on top of WeasyPrint alone.
+
+Page counts of every PDF are recorded (``pages``, ``floor_pages``), so a layout change that adds
+a page shows.
 """
 from __future__ import annotations
 
@@ -147,32 +153,35 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         t0 = time.perf_counter()
         st.warm_up()
         warmup_seconds = time.perf_counter() - t0
-        forked_warm = _forked(ids, kwargs, db_url)
-        log(f"forked after warm_up() in the parent ({warmup_seconds:.2f} s): {count} in {forked_warm:.2f} s")
         warm = st.render_statement_pdf(ids[0], **kwargs)
 
+        # the HTML each measured path starts from, built before any clock runs
+        standalone = [st.render_statement_html(cid, **kwargs) for cid in ids]
+        laid_out = [st._html(st.statement_context(cid, **kwargs), standalone=False) for cid in ids]
+        # interleaved, one customer at a time, so a change in the machine's load hits every path alike
+        seconds = floor_seconds = layout_seconds = forked_warm = cpu = floor_cpu = 0.0
+        pdfs, floor_pdfs = [], []
+        for cid, html, bare in zip(ids, laid_out, standalone):
+            forked_warm += _forked([cid], kwargs, db_url)
+            c0, t0 = time.process_time(), time.perf_counter()
+            pdfs.append(st.render_statement_pdf(cid, **kwargs))
+            seconds += time.perf_counter() - t0
+            cpu += time.process_time() - c0
+            c0, t0 = time.process_time(), time.perf_counter()
+            floor_pdfs.append(weasyprint.HTML(string=bare).write_pdf())
+            floor_seconds += time.perf_counter() - t0
+            floor_cpu += time.process_time() - c0
+            t0 = time.perf_counter()
+            st.html_to_pdf(html)
+            layout_seconds += time.perf_counter() - t0
+        log(f"forked after warm_up() in the parent ({warmup_seconds:.2f} s): {count} in {forked_warm:.2f} s")
+        log(f"statements: {count} in {seconds:.2f} s")
+        log(f"floor (bare weasyprint.HTML(string=html).write_pdf()): {count} in {floor_seconds:.2f} s")
+        log(f"layout floor (same HTML, parsed stylesheet, shared caches): {count} in {layout_seconds:.2f} s")
         pages: dict[int, int] = {}
-        t0 = time.perf_counter()
-        pdfs = [st.render_statement_pdf(cid, **kwargs) for cid in ids]
-        seconds = time.perf_counter() - t0
         for pdf in pdfs:
             pages[_pages(pdf)] = pages.get(_pages(pdf), 0) + 1
-        log(f"statements: {count} in {seconds:.2f} s")
-
-        standalone = [st.render_statement_html(cid, **kwargs) for cid in ids]
-        t0 = time.perf_counter()
-        floor_pdfs = [weasyprint.HTML(string=html).write_pdf() for html in standalone]
-        floor_seconds = time.perf_counter() - t0
-        log(f"floor (bare weasyprint.HTML(string=html).write_pdf()): {count} in {floor_seconds:.2f} s")
-
-        laid_out = [st._html(st.statement_context(cid, **kwargs), standalone=False) for cid in ids]
-        t0 = time.perf_counter()
-        for html in laid_out:
-            st.html_to_pdf(html)
-        layout_seconds = time.perf_counter() - t0
-        log(f"layout floor (same HTML, parsed stylesheet, shared caches): {count} in {layout_seconds:.2f} s")
-
-        floor_pages = {}
+        floor_pages: dict[int, int] = {}
         for pdf in floor_pdfs:
             floor_pages[_pages(pdf)] = floor_pages.get(_pages(pdf), 0) + 1
 
@@ -197,9 +206,11 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         "forked_warm_per_s": round(count / forked_warm, 2),
         "statements_seconds": round(seconds, 3),
         "statements_per_s": round(per_s, 2),
+        "statements_per_cpu_s": round(count / cpu, 2),
         "floor_seconds": round(floor_seconds, 3),
         "floor_per_s": round(floor_per_s, 2),
         "ratio": round(floor_per_s / per_s, 3),
+        "ratio_cpu": round(cpu / floor_cpu, 3),
         "layout_floor_seconds": round(layout_seconds, 3),
         "layout_floor_per_s": round(layout_per_s, 2),
         "layout_ratio": round(layout_per_s / per_s, 3),
