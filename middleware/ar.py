@@ -50,10 +50,12 @@ Conventions (the glossary's, plus the choices it leaves open)
   invoice (not weighted by amount); ``share_on_time`` is a fraction (0..1).
 - Metrics are unrounded ``Decimal``; display rounds to 2 places half up.
 
-Speed: everything is a handful of grouped SQL statements (SQLite and PostgreSQL). The only
-rows that reach Python are invoices open on D and documents with unapplied credit on D (each
-converted and rounded on its own), plus per-day sales. On SQLite, where DECIMAL columns are
-stored as floats, sums run on exact integer ten-thousandths.
+Speed: a handful of grouped SQL statements, the same on SQLite and PostgreSQL except where the
+per-line rounding runs. One statement finds the invoices open on D and on D − N (the CEI's B), or on
+every date of a trend, over one join with the applications. On PostgreSQL (exact numeric) it also
+converts, rounds and sums each line, so only (customer, currency, bucket) cells come back; on SQLite
+(DECIMAL stored as floats) the open lines come back as exact integer ten-thousandths and are converted
+and rounded in Python. Credits unapplied on D, sales per day and days to pay are grouped in SQL.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ from .schemas import minor_units
 ZERO = Decimal(0)
 DEFAULT_EDGES = (30, 60, 90)
 COUNTBACK_MONTHS = 24
-OPEN_STATUSES = ("open",)  # kept for callers: the statuses the store gives an invoice open today
+OPEN_STATUSES = ("open",)  # the status the store gives an invoice open *today* (as-of figures: NOT_RECEIVABLE)
 NOT_RECEIVABLE = ("draft", "voided", "deleted")  # invoices out of AR on every date
 VOID = ("voided", "deleted")  # credit memos out on every date
 CHUNK = 900  # customer ids per IN (...) list
@@ -292,17 +294,17 @@ def _quoted(values: Sequence[str]) -> str:
     return ", ".join(f"'{v}'" for v in values)  # module constants only
 
 
-def _rows(sql: str, before: tuple, after: tuple, ids: Sequence[int] | None, column: str) -> Iterator[tuple]:
+def _rows(sql: str, before: tuple, after: tuple, ids: Sequence[int] | None, column: str,
+          whole: tuple[str, tuple] | None = None) -> Iterator[tuple]:
     """Run ``sql`` (with a ``{filter}`` slot after its WHERE) for ``ids`` on ``column`` (None: every row).
 
-    Rows start with the customer id. Many ids: one pass over the table, filtered here."""
-    if ids is None:
-        yield from database.execute_sql(sql.replace("{filter}", ""), before + after).fetchall()
-        return
-    if len(ids) > WHOLE_TABLE_ABOVE:
-        wanted = set(ids)
-        for row in database.execute_sql(sql.replace("{filter}", ""), before + after).fetchall():
-            if row[0] in wanted:
+    Rows start with the customer id. Many ids: one pass over the table, filtered here. ``whole``:
+    another (statement, args) for that pass, shaped for a whole table rather than a few customers."""
+    if ids is None or len(ids) > WHOLE_TABLE_ABOVE:
+        statement, args = whole or (sql.replace("{filter}", ""), before + after)
+        wanted = None if ids is None else set(ids)
+        for row in database.execute_sql(statement, args).fetchall():
+            if wanted is None or row[0] in wanted:
                 yield row
         return
     for start in range(0, len(ids), CHUNK):
@@ -316,21 +318,54 @@ def _norm_ids(customer_ids: Iterable[int] | None) -> list[int] | None:
 
 
 # ------------------------------------------------------------------ rows as of a date
-def _open_invoice_rows(as_of: date, ids: Sequence[int] | None, detail: bool = False) -> Iterator[tuple]:
-    """Invoices open on ``as_of``: (customer id, currency, days past due, open amount as SQL gave it[, id,
-    number, amount, applied, issue date, due date])."""
+def _open_invoice_rows(dates: Sequence[date], ids: Sequence[int] | None, detail: bool = False,
+                       wrap: tuple[str, str, tuple] | None = None) -> Iterator[tuple]:
+    """Invoices open on any of ``dates``, in one pass: (customer id, currency, days past due on ``dates[0]``,
+    open amount on each date as SQL gave it[, id, number, amount, applied, issue date, due date] (one date only)).
+
+    ``wrap``: (prefix, suffix, args after) around the statement, which becomes a subquery ``t``."""
     p = _ph()
-    applied = f'COALESCE(SUM({_u("a.amount")}), 0)'
-    open_expr = f'{_u("i.amount")} - {applied}'
-    cols = f'i.customer_id, i.currency, {_days(p, "i.due_date")}, {open_expr}'
-    group = "i.id, i.customer_id, i.currency, i.due_date, i.amount"
+    amount = _u("i.amount")
+    last = max(dates)
+    if len(dates) == 1:
+        applied = f'COALESCE(SUM({_u("a.amount")}), 0)'
+        opens, open_args = [f"{amount} - {applied}"], ()
+    else:  # one join up to the last date; what each date saw, by conditional sums
+        opens = [f'CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(SUM(CASE WHEN a."date" <= {p} '
+                 f'THEN {_u("a.amount")} END), 0) ELSE 0 END' for _ in dates]
+        open_args = tuple(d for day in dates for d in (day, day))
+    cols = f'i.customer_id AS cid, i.currency AS cur, {_days(p, "i.due_date")} AS dpd, ' + ", ".join(
+        f"{expr} AS o{k}" for k, expr in enumerate(opens))
+    group = "i.id, i.customer_id, i.currency, i.due_date, i.amount, i.issue_date"
     if detail:
-        cols += f", i.id, i.number, {_u('i.amount')}, {applied}, i.issue_date, i.due_date"
-        group += ", i.number, i.issue_date"
-    sql = (f"SELECT {cols} FROM invoice i LEFT JOIN application a ON a.invoice_id = i.id AND a.\"date\" <= {p} "
-           f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL"
-           f"{{filter}} GROUP BY {group} HAVING {open_expr} > 0")
-    return _rows(sql, (as_of, as_of, as_of), (), ids, "i.customer_id")
+        if len(dates) != 1:
+            raise ValueError("invoice details for one date at a time")
+        cols += (f", i.id AS inv, i.number AS num, {amount} AS amt, {applied} AS app, i.issue_date AS iss, "
+                 f"i.due_date AS due")
+        group += ", i.number"
+    inner = (f'SELECT {cols} FROM invoice i LEFT JOIN application a ON a.invoice_id = i.id AND a."date" <= {p} '
+             f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL"
+             f"{{filter}} GROUP BY {group}")
+    keep = " OR ".join(f"t.o{k} > 0" for k in range(len(opens)))
+    sql = f"SELECT * FROM ({inner}) t WHERE {keep}"
+    # the whole table: applications summed per invoice first, then one hash join (no group over invoices)
+    sums = ", ".join(f'SUM(CASE WHEN "date" <= {p} THEN {_u("amount")} ELSE 0 END) AS s{k}' for k in range(len(dates)))
+    agg = (f'SELECT invoice_id, {sums} FROM application WHERE "date" <= {p} AND invoice_id IS NOT NULL '
+           f"GROUP BY invoice_id")
+    whole_cols = f'i.customer_id AS cid, i.currency AS cur, {_days(p, "i.due_date")} AS dpd, ' + ", ".join(
+        f"CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(x.s{k}, 0) ELSE 0 END AS o{k}"
+        for k in range(len(dates)))
+    if detail:
+        whole_cols += (f", i.id AS inv, i.number AS num, {amount} AS amt, COALESCE(x.s0, 0) AS app, "
+                       f"i.issue_date AS iss, i.due_date AS due")
+    whole = (f"SELECT * FROM (SELECT {whole_cols} FROM invoice i LEFT JOIN ({agg}) x ON x.invoice_id = i.id "
+             f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL) t "
+             f"WHERE {keep}")
+    whole_args = (dates[0], *dates, *dates, last, last)
+    after: tuple = ()
+    if wrap is not None:
+        sql, whole, after = wrap[0] + sql + wrap[1], wrap[0] + whole + wrap[1], wrap[2]
+    return _rows(sql, (dates[0], *open_args, last, last), after, ids, "i.customer_id", (whole, whole_args + after))
 
 
 def _unapplied_rows(as_of: date, ids: Sequence[int] | None) -> Iterator[tuple]:
@@ -343,7 +378,13 @@ def _unapplied_rows(as_of: date, ids: Sequence[int] | None) -> Iterator[tuple]:
                f"ON a.source_id = d.source_id AND a.doc_kind = '{kind}' AND a.doc_external_id = d.external_id "
                f"AND a.\"date\" <= {p} WHERE d.\"date\" <= {p} AND d.deleted_at IS NULL{status}{{filter}} "
                f"GROUP BY d.id, d.customer_id, d.currency, d.amount HAVING {unapplied} > 0")
-        yield from _rows(sql, (as_of, as_of), (), ids, "d.customer_id")
+        agg = (f'SELECT source_id, doc_external_id, SUM({_u("amount")}) AS s FROM application '
+               f'WHERE doc_kind = \'{kind}\' AND "date" <= {p} GROUP BY source_id, doc_external_id')
+        left = f'{_u("d.amount")} - COALESCE(x.s, 0)'
+        whole = (f"SELECT d.customer_id, d.currency, {left} FROM {table} d LEFT JOIN ({agg}) x "
+                 f"ON x.source_id = d.source_id AND x.doc_external_id = d.external_id "
+                 f'WHERE d."date" <= {p} AND d.deleted_at IS NULL{status} AND {left} > 0')
+        yield from _rows(sql, (as_of, as_of), (), ids, "d.customer_id", (whole, (as_of, as_of)))
 
 
 class _Closing:
@@ -385,6 +426,99 @@ class _Gaps:
         return [FxGap(k, c, n, a, f, t) for (k, c), (n, a, f, t) in sorted(self.cells.items())]
 
 
+Cells = dict  # (customer id or None, currency, bucket) → [billing, reporting, count, missing, missing amount, max days]
+
+
+def _open_cells(dates: Sequence[date], ids: Sequence[int] | None, edges: Sequence[int], book: RateBook,
+                per_customer: bool) -> tuple[list[Cells], int]:
+    """Invoices open on each of ``dates``, summed per (customer or None, currency, bucket): the billing
+    amount, the reporting amount at that date's closing rate (each line rounded half up on its own),
+    the count, the lines without a rate and their amount, the most days past due. Also the number of
+    customers with an invoice open on ``dates[0]``. One SQL pass over the invoices for all the dates."""
+    if is_postgres():
+        return _open_cells_sql(dates, ids, tuple(edges), book, per_customer)
+    return _open_cells_python(dates, ids, tuple(edges), book, per_customer)
+
+
+def _open_cells_sql(dates, ids, edges, book, per_customer) -> tuple[list[Cells], int]:
+    """PostgreSQL: numeric is exact, so ROUND(open × rate) per line and the sums run in the database."""
+    p = _ph()
+    offsets = [(day - dates[0]).days for day in dates]
+    known = [c for (c,) in database.execute_sql(
+        f"SELECT DISTINCT currency FROM fx_rate WHERE base_currency = {p}", (book.reporting,)).fetchall()]
+    rates, rate_args = [], []
+    for k, day in enumerate(dates):
+        for currency in sorted({*known, book.reporting}):
+            found = book.rate(currency, day)
+            if found is not None:
+                rates.append(f"({k}, CAST({p} AS varchar), CAST({p} AS numeric))")
+                rate_args += [currency, found[0]]
+    rates_sql = (f"(VALUES {', '.join(rates)}) r(k, cur, rate)" if rates
+                 else "(SELECT 0 AS k, CAST(NULL AS varchar) AS cur, CAST(NULL AS numeric) AS rate) r")
+    lateral = ", ".join(f"({k}, t.o{k}, t.dpd + {off})" for k, off in enumerate(offsets))  # integers: literals
+    bucket = ("CASE WHEN v.dpd <= 0 THEN 0 " + " ".join(f"WHEN v.dpd <= {int(e)} THEN {i + 1}" for i, e in
+                                                       enumerate(edges)) + f" ELSE {len(edges) + 1} END")
+    key = "t.cid" if per_customer else "CAST(NULL AS integer)"
+    groups = f"t.cid, v.k, t.cur, {bucket}" if per_customer else f"GROUPING SETS ((v.k, t.cur, {bucket}), ())"
+    prefix = (f"SELECT {key}, v.k, t.cur, {bucket}, SUM(v.amt), SUM(ROUND(v.amt * r.rate, "
+              f"{minor_units(book.reporting)})), COUNT(*), COUNT(*) - COUNT(r.rate), "
+              f"SUM(CASE WHEN r.rate IS NULL THEN v.amt ELSE 0 END), MAX(v.dpd), "
+              f"COUNT(DISTINCT t.cid) FILTER (WHERE v.k = 0), {'0' if per_customer else 'GROUPING(v.k)'} FROM (")
+    suffix = (f") t CROSS JOIN LATERAL (VALUES {lateral}) v(k, amt, dpd) LEFT JOIN {rates_sql} "
+              f"ON r.k = v.k AND r.cur = t.cur WHERE v.amt > 0 GROUP BY {groups}")
+    cells: list[Cells] = [{} for _ in dates]
+    customers = 0
+    for key_, k, currency, b, billing, rep, count, missing, missing_amount, max_dpd, distinct, total in \
+            _open_invoice_rows(dates, ids, wrap=(prefix, suffix, tuple(rate_args))):
+        if total:
+            customers = distinct
+            continue
+        cells[k][(key_, currency, b)] = [billing, rep or ZERO, count, missing, missing_amount, max_dpd]
+    return cells, customers
+
+
+def _open_cells_python(dates, ids, edges, book, per_customer) -> tuple[list[Cells], int]:
+    """SQLite: DECIMAL columns are floats there, so lines come back as exact integer ten-thousandths and
+    are converted and rounded here."""
+    closings = [_Closing(book, day) for day in dates]
+    offsets = [(day - dates[0]).days for day in dates]
+    unit, quantum, half_up = Decimal("0.0001"), closings[0].quantum, ROUND_HALF_UP
+    unit_rates: list[dict[str, Decimal | None]] = [{} for _ in dates]
+    cells: list[Cells] = [{} for _ in dates]
+    seen: set[int] = set()
+    for cid, currency, dpd0, *opens in _open_invoice_rows(dates, ids):
+        if cid is not None and opens[0] > 0:
+            seen.add(cid)
+        key = cid if per_customer else None
+        for k, raw in enumerate(opens):
+            if raw <= 0:
+                continue
+            dpd = dpd0 + offsets[k]
+            b = 0 if dpd <= 0 else 1 + bisect.bisect_left(edges, dpd)
+            cell = cells[k].get((key, currency, b))
+            if cell is None:
+                cell = cells[k][(key, currency, b)] = [0, ZERO, 0, 0, 0, dpd]
+            cell[0] += raw
+            cell[2] += 1
+            rates = unit_rates[k]
+            if currency in rates:
+                rate = rates[currency]
+            else:
+                found = closings[k].found(currency)
+                rate = rates[currency] = None if found is None else found[0] * unit
+            if rate is None:
+                cell[3] += 1
+                cell[4] += raw
+            else:
+                cell[1] += (raw * rate).quantize(quantum, rounding=half_up)
+            if dpd > cell[5]:
+                cell[5] = dpd
+    for by_key in cells:
+        for cell in by_key.values():
+            cell[0], cell[4] = _money(cell[0]), _money(cell[4])
+    return cells, len(seen)
+
+
 class _Tally:
     """Open and unapplied amounts of one customer (or the portfolio) on a date."""
 
@@ -393,7 +527,7 @@ class _Tally:
         self.by_currency: dict[str, Aging] = {}
         self.n = n_buckets
         self.missing = 0
-        self.customers: set[int] = set()  # portfolio tally: customers with an open invoice
+        self.customers = 0  # customers with an open invoice
 
     def currency(self, code: str) -> Aging:
         aging = self.by_currency.get(code)
@@ -402,83 +536,41 @@ class _Tally:
         return aging
 
 
-def _tally(as_of: date, ids: Sequence[int] | None, edges: Sequence[int], closing: _Closing, gaps: _Gaps | None,
-           per_customer: bool, with_unapplied: bool = True) -> dict[int | None, _Tally]:
-    """Open invoices (and unapplied credits) on ``as_of``, per customer or all under the key None."""
-    reporting = closing.book.reporting
+def _tally(dates: Sequence[date], ids: Sequence[int] | None, edges: Sequence[int], book: RateBook,
+           gaps: Sequence[_Gaps | None], with_unapplied: bool = True) -> list[_Tally]:
+    """The whole of ``ids`` (None: every customer): open invoices on each of ``dates`` at that date's
+    closing rate, and the unapplied credits on ``dates[0]``."""
     n = len(edges) + 2
-    tallies: dict[int | None, _Tally] = {}
-    # (key, currency, bucket) → [billing sum, reporting sum, count, missing count, missing amount, max days]
-    cells: dict[tuple, list] = {}
-    edges = tuple(edges)
-    seen: set[int] = set()
-    for cid, currency, dpd, raw in _open_invoice_rows(as_of, ids):
-        if per_customer and cid is None:
-            continue
-        if not per_customer and cid is not None:
-            seen.add(cid)
-        amount = _money(raw)
-        b = 0 if dpd <= 0 else 1 + bisect.bisect_left(edges, dpd)
-        key = (cid if per_customer else None, currency, b)
-        cell = cells.get(key)
-        if cell is None:
-            cell = cells[key] = [ZERO, ZERO, 0, 0, ZERO, dpd]
-        cell[0] += amount
-        cell[2] += 1
-        rep = closing.convert(amount, currency)
-        if rep is None:
-            cell[3] += 1
-            cell[4] += amount
-        else:
-            cell[1] += rep
-        if dpd > cell[5]:
-            cell[5] = dpd
-    for (key, currency, b), (billing, rep, count, missing, missing_amount, max_dpd) in cells.items():
-        tally = tallies.get(key)
-        if tally is None:
-            tally = tallies[key] = _Tally(reporting, n)
-        for aging in (tally.currency(currency), tally.reporting):
-            aging.open_count += count
-            if b:
-                aging.overdue_count += count
-                aging.oldest_overdue_days = max(aging.oldest_overdue_days, max_dpd)
-        tally.by_currency[currency].buckets[b] += billing
-        tally.reporting.buckets[b] += rep
-        tally.missing += missing
-        if missing and gaps is not None:
-            gaps.add("open", currency, missing, missing_amount, as_of, as_of)
-    if None in tallies:
-        tallies[None].customers = seen
+    cells, customers = _open_cells(dates, ids, edges, book, per_customer=False)
+    out: list[_Tally] = []
+    for k, day in enumerate(dates):
+        tally = _Tally(book.reporting, n)
+        for (_, currency, b), (billing, rep, count, missing, missing_amount, max_dpd) in cells[k].items():
+            for aging in (tally.currency(currency), tally.reporting):
+                aging.open_count += count
+                if b:
+                    aging.overdue_count += count
+                    aging.oldest_overdue_days = max(aging.oldest_overdue_days, max_dpd)
+            tally.by_currency[currency].buckets[b] += billing
+            tally.reporting.buckets[b] += rep
+            tally.missing += missing
+            if missing and gaps[k] is not None:
+                gaps[k].add("open", currency, missing, missing_amount, day, day)
+        out.append(tally)
+    out[0].customers = customers
     if with_unapplied:
-        for cid, currency, raw in _unapplied_rows(as_of, ids):
-            if per_customer and cid is None:
-                continue
-            key = cid if per_customer else None
-            tally = tallies.get(key)
-            if tally is None:
-                tally = tallies[key] = _Tally(reporting, n)
+        as_of, closing, tally = dates[0], _Closing(book, dates[0]), out[0]
+        for _, currency, raw in _unapplied_rows(as_of, ids):
             amount = _money(raw)
             tally.currency(currency).unapplied += amount
             rep = closing.convert(amount, currency)
             if rep is None:
                 tally.missing += 1
-                if gaps is not None:
-                    gaps.add("unapplied", currency, 1, amount, as_of, as_of)
+                if gaps[0] is not None:
+                    gaps[0].add("unapplied", currency, 1, amount, as_of, as_of)
             else:
                 tally.reporting.unapplied += rep
-    return tallies
-
-
-def _total_ar(as_of: date, ids: Sequence[int] | None, book: RateBook, gaps: _Gaps | None, kind: str,
-              edges: Sequence[int] = DEFAULT_EDGES) -> tuple[Decimal, Decimal, int]:
-    """(total AR, current AR, lines without a rate) on ``as_of`` at that day's rate."""
-    local = _Gaps()
-    tally = _tally(as_of, ids, edges, _Closing(book, as_of), local, per_customer=False, with_unapplied=False)
-    if gaps is not None:
-        for (_, currency), (count, amount, first, last) in local.cells.items():
-            gaps.add(kind, currency, count, amount, first, last)
-    t = tally.get(None)
-    return (t.reporting.open, t.reporting.current, t.missing) if t else (ZERO, ZERO, 0)
+    return out
 
 
 # -------------------------------------------------------------------------- flows
@@ -558,9 +650,11 @@ def _paid_rows(as_of: date, period_days: int, ids: Sequence[int] | None) -> Iter
     p = _ph()
     after = as_of - timedelta(days=period_days)
     closed = (f"SELECT i.customer_id, i.issue_date, i.due_date, MIN(c.\"date\") AS closed_on FROM ("
-              f"SELECT a.invoice_id, a.\"date\", SUM({_u('a.amount')}) OVER (PARTITION BY a.invoice_id ORDER BY a.\"date\") "
-              f"AS cum FROM application a WHERE a.\"date\" <= {p} AND a.invoice_id IN (SELECT invoice_id FROM application "
-              f"WHERE \"date\" > {p} AND \"date\" <= {p} AND invoice_id IS NOT NULL)) c JOIN invoice i ON i.id = c.invoice_id "
+              f"SELECT a.invoice_id, a.\"date\", SUM({_u('a.amount')}) "
+              f"OVER (PARTITION BY a.invoice_id ORDER BY a.\"date\") AS cum FROM application a "
+              f"WHERE a.\"date\" <= {p} AND a.invoice_id IN (SELECT invoice_id FROM application "
+              f"WHERE \"date\" > {p} AND \"date\" <= {p} AND invoice_id IS NOT NULL)) c "
+              f"JOIN invoice i ON i.id = c.invoice_id "
               f"WHERE c.cum >= {_u('i.amount')} AND i.amount > 0 AND i.issue_date <= {p} "
               f"AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL{{filter}} "
               f"GROUP BY i.id, i.customer_id, i.issue_date, i.due_date HAVING MIN(c.\"date\") > {p}")
@@ -582,7 +676,7 @@ def invoice_aging(as_of: date, customer_ids: Iterable[int] | None = None, *, rep
         book = book or RateBook.load(reporting_currency)
     closing = _Closing(book, as_of) if book is not None else None
     out = []
-    for cid, currency, dpd, raw, inv_id, number, amount, applied, issue, due in _open_invoice_rows(as_of, ids, True):
+    for cid, currency, dpd, raw, inv_id, number, amount, applied, issue, due in _open_invoice_rows([as_of], ids, True):
         open_amount = _money(raw)
         found = closing.found(currency) if closing else None
         out.append(InvoiceAging(
@@ -600,20 +694,19 @@ def _metrics(as_of: date, ids: list[int] | None, customer_id: int | None, *, rep
         raise ValueError("period_days must be at least 1")
     edges = tuple(edges)
     book = book or RateBook.load(reporting_currency)
-    gaps = _Gaps()
-    n = len(edges) + 2
-    tally = _tally(as_of, ids, edges, _Closing(book, as_of), gaps, per_customer=False).get(None)
-    totals = tally.reporting if tally else Aging(reporting_currency, [ZERO] * n)
-    by_currency = dict(sorted(tally.by_currency.items())) if tally else {}
-    customers = len(tally.customers) if tally else 0
-    after = as_of - timedelta(days=period_days)
+    gaps, opening_gaps = _Gaps(), _Gaps()
+    after = as_of - timedelta(days=period_days)  # B is taken on the day before the period
+    tally, before = _tally([as_of, after], ids, edges, book, [gaps, opening_gaps])
+    opening = before.reporting.open
+    for (_, currency), (count, amount, first_day, last_day) in opening_gaps.cells.items():
+        gaps.add("opening", currency, count, amount, first_day, last_day)
+    totals, by_currency, customers = tally.reporting, dict(sorted(tally.by_currency.items())), tally.customers
     first = min(after + timedelta(days=1), _months_back(as_of, COUNTBACK_MONTHS - 1))
     daily, missing = _daily_sales(first, as_of, ids)
     for day, kind, currency, count, amount in missing:
         if after < day <= as_of:
             gaps.add(kind, currency, count, amount, day, day)
     sales = _sales_between(daily, after, as_of)
-    opening, _, _ = _total_ar(after, ids, book, gaps, "opening", edges)
     dso, bpdso, add, cei = _ratios(totals.open, totals.current, opening, sales, period_days)
     metrics = ARMetrics(as_of, reporting_currency, period_days, edges, customer_id, totals, by_currency,
                         customers=customers, net_sales=sales, opening_ar=opening, dso=dso,
@@ -661,18 +754,15 @@ def trend(as_of: date, points: int = 12, step_days: int = 30, *, reporting_curre
     days = [as_of - timedelta(days=k * step_days) for k in range(points - 1, -1, -1)]
     first = min(days[0] - timedelta(days=period_days - 1), _months_back(days[0], COUNTBACK_MONTHS - 1))
     daily, missing = _daily_sales(first, as_of, ids)
+    wanted = sorted({d for day in days for d in (day, day - timedelta(days=period_days))})
     ar: dict[date, tuple[Decimal, Decimal, int]] = {}
-
-    def ar_on(day: date) -> tuple[Decimal, Decimal, int]:
-        if day not in ar:
-            ar[day] = _total_ar(day, ids, book, None, "open", edges)
-        return ar[day]
-
+    for day, t in zip(wanted, _tally(wanted, ids, edges, book, [None] * len(wanted), with_unapplied=False)):
+        ar[day] = (t.reporting.open, t.reporting.current, t.missing)
     out = []
     for day in days:
         after = day - timedelta(days=period_days)
-        total, current, gaps = ar_on(day)
-        opening, _, opening_gaps = ar_on(after)
+        total, current, gaps = ar[day]
+        opening, _, opening_gaps = ar[after]
         sales = _sales_between(daily, after, day)
         flow_gaps = sum(count for d, _, _, count, _ in missing if after < d <= day)
         dso, bpdso, add, cei = _ratios(total, current, opening, sales, period_days)
@@ -683,7 +773,7 @@ def trend(as_of: date, points: int = 12, step_days: int = 30, *, reporting_curre
 
 def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, reporting_currency: str,
                        edges: Sequence[int] = DEFAULT_EDGES, period_days: int = 90,
-                       book: RateBook | None = None, chunk: int = CHUNK) -> dict[int, CustomerAR]:
+                       book: RateBook | None = None) -> dict[int, CustomerAR]:
     """``{customer id: CustomerAR}`` on ``as_of`` for ``customer_ids`` (None: every customer with AR activity).
 
     Open amounts, buckets and unapplied credits are as of ``as_of`` at its closing rate; the last
@@ -699,18 +789,35 @@ def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, repor
             snap = out[cid] = CustomerAR(cid, reporting_currency, buckets=[ZERO] * n)
         return snap
 
-    for cid, tally in _tally(as_of, ids, edges, _Closing(book, as_of), None, per_customer=True).items():
+    cells, _ = _open_cells([as_of], ids, edges, book, per_customer=True)
+    for (cid, currency, b), (billing, rep, count, missing, _, max_dpd) in cells[0].items():
+        if cid is None:
+            continue
         snap = get(cid)
-        rep = tally.reporting
-        snap.open_reporting, snap.overdue_reporting, snap.buckets = rep.open, rep.overdue, list(rep.buckets)
-        snap.unapplied_reporting = rep.unapplied
-        snap.open_by_currency = {c: a.open for c, a in tally.by_currency.items() if a.open_count}
-        snap.overdue_by_currency = {c: a.overdue for c, a in tally.by_currency.items() if a.overdue_count}
-        snap.unapplied_by_currency = {c: a.unapplied for c, a in tally.by_currency.items() if a.unapplied}
-        snap.open_count, snap.overdue_count = rep.open_count, rep.overdue_count
-        snap.oldest_overdue_days = rep.oldest_overdue_days
-        snap.oldest_due = as_of - timedelta(days=rep.oldest_overdue_days) if rep.overdue_count else None
-        snap.fx_missing = tally.missing
+        snap.buckets[b] += rep
+        snap.open_by_currency[currency] = snap.open_by_currency.get(currency, ZERO) + billing
+        snap.open_count += count
+        snap.fx_missing += missing
+        if b:
+            snap.overdue_reporting += rep
+            snap.overdue_by_currency[currency] = snap.overdue_by_currency.get(currency, ZERO) + billing
+            snap.overdue_count += count
+            snap.oldest_overdue_days = max(snap.oldest_overdue_days, max_dpd)
+    closing = _Closing(book, as_of)
+    for cid, currency, raw in _unapplied_rows(as_of, ids):
+        if cid is None:
+            continue
+        snap, amount = get(cid), _money(raw)
+        snap.unapplied_by_currency[currency] = snap.unapplied_by_currency.get(currency, ZERO) + amount
+        rep = closing.convert(amount, currency)
+        if rep is None:
+            snap.fx_missing += 1
+        else:
+            snap.unapplied_reporting += rep
+    for snap in out.values():
+        snap.open_reporting = sum(snap.buckets, ZERO)
+        if snap.overdue_count:
+            snap.oldest_due = as_of - timedelta(days=snap.oldest_overdue_days)
     _last_payments(out, get, ids, as_of)
     _net_sales(get, ids, as_of, period_days)
     for snap in out.values():
@@ -723,7 +830,8 @@ def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, repor
 
 def _last_payments(out: dict, get, ids: Sequence[int] | None, as_of: date) -> None:
     p = _ph()
-    sql = (f"SELECT p.customer_id, p.\"date\", SUM({_u('p.amount_reporting')}), COUNT(p.amount_reporting) FROM payment p "
+    sql = (f"SELECT p.customer_id, p.\"date\", SUM({_u('p.amount_reporting')}), COUNT(p.amount_reporting) "
+           f"FROM payment p "
            f"JOIN (SELECT customer_id, MAX(\"date\") AS d FROM payment WHERE deleted_at IS NULL AND \"date\" <= {p} "
            f"AND customer_id IS NOT NULL{{filter}} GROUP BY customer_id) m "
            f"ON p.customer_id = m.customer_id AND p.\"date\" = m.d WHERE p.deleted_at IS NULL "

@@ -108,6 +108,7 @@ def test_open_amount_as_of_a_past_date_ignores_later_payments(db):
     assert Invoice.get_by_id(inv.id).open_amount == 0  # today's store: fully paid
 
     [row] = invoice_aging(date(2025, 2, 28))
+    assert invoice_aging(date(2025, 2, 28), [c.id]) == [row]  # the same for one customer
     assert row.applied == D(400)
     assert row.open_amount == D(1000) - D(400)
     assert row.days_past_due == (date(2025, 2, 28) - date(2025, 2, 9)).days == 19
