@@ -9,11 +9,15 @@ One run, in a scratch SQLite database under a temporary var dir (or ``--db postg
    work horse is forked from the worker for every job, with nothing warmed in the parent
    (weasyprint imported, nothing parsed or loaded): ``forked_cold_per_s``;
 3. ``warm_up()`` in this process (stylesheet parsed, template compiled, fonts and logo loaded),
-   then, one customer at a time (interleaved, so that a change in the shared machine's load hits
-   every path alike), four timed paths:
+   then:
 
-   a. **forked, warm**: the forked render again: ``forked_warm_per_s``, what a worker gets when
-      its parent process calls ``middleware.statements.warm_up()`` before forking;
+   a. **forked, warm**: the forked pass again: ``forked_warm_per_s``, what a worker gets when
+      its parent process calls ``middleware.statements.warm_up()`` before forking (``*_cpu_s_each``:
+      the children's own CPU seconds per statement, from ``wait4``);
+
+   and one customer at a time, in a rotating order (so that a change in the shared machine's load,
+   or a place in the loop, favours none of them), three in-process paths:
+
    b. **statements**: ``render_statement_pdf`` in this process, end to end (store reads,
       Jinja2, WeasyPrint): ``statements_per_s``;
    c. **floor**: the standalone HTML that ``render_statement_html`` returns (stylesheet inline,
@@ -105,13 +109,14 @@ def _pages(pdf: bytes) -> int:
     return len(PdfReader(io.BytesIO(pdf)).pages)
 
 
-def _forked(ids: list[int], kwargs: dict, db_url: str) -> float:
-    """Seconds to render each statement in a child forked from this process (one after the other,
-    as one rq worker forks one work horse per job); the child opens its own database connection."""
+def _forked(ids: list[int], kwargs: dict, db_url: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the children) to render each statement in a child forked from
+    this process (one after the other, as one rq worker forks one work horse per job); the child
+    opens its own database connection."""
     from middleware import statements as st
     from middleware.db import connect
 
-    t0 = time.perf_counter()
+    t0, cpu = time.perf_counter(), 0.0
     for cid in ids:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
@@ -122,10 +127,11 @@ def _forked(ids: list[int], kwargs: dict, db_url: str) -> float:
                 code = 0
             finally:
                 os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        _, status, usage = os.wait4(pid, 0)
         if status != 0:
             raise RuntimeError(f"the forked render of customer {cid} failed (status {status})")
-    return time.perf_counter() - t0
+        cpu += usage.ru_utime + usage.ru_stime
+    return time.perf_counter() - t0, cpu
 
 
 def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: str = "sqlite",
@@ -148,7 +154,7 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         log(f"seeded {count} customers x {invoices_per_statement} invoices ({db_kind})")
         kwargs = {"as_of": as_of, "reporting_currency": "USD"}
 
-        forked_cold = _forked(ids, kwargs, db_url)
+        forked_cold, forked_cold_cpu = _forked(ids, kwargs, db_url)
         log(f"forked, nothing warmed in the parent: {count} in {forked_cold:.2f} s")
         t0 = time.perf_counter()
         st.warm_up()
@@ -158,22 +164,24 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         # the HTML each measured path starts from, built before any clock runs
         standalone = [st.render_statement_html(cid, **kwargs) for cid in ids]
         laid_out = [st._html(st.statement_context(cid, **kwargs), standalone=False) for cid in ids]
-        # interleaved, one customer at a time, so a change in the machine's load hits every path alike
-        seconds = floor_seconds = layout_seconds = forked_warm = cpu = floor_cpu = 0.0
+        # forked after the warm-up: a pass of its own (a fork makes the parent fault its pages
+        # back in afterwards, which would be charged to whatever this process timed next)
+        forked_warm, forked_warm_cpu = _forked(ids, kwargs, db_url)
+        st.html_to_pdf(laid_out[0])  # untimed: takes the page faults that follow the last fork
+        # then one customer at a time, the three in-process paths in a rotating order, so that a
+        # change in the shared machine's load, or a position in the loop, favours none of them
+        timed = {"statements": [0.0, 0.0], "floor": [0.0, 0.0], "layout": [0.0, 0.0]}
         pdfs, floor_pdfs = [], []
-        for cid, html, bare in zip(ids, laid_out, standalone):
-            forked_warm += _forked([cid], kwargs, db_url)
-            c0, t0 = time.process_time(), time.perf_counter()
-            pdfs.append(st.render_statement_pdf(cid, **kwargs))
-            seconds += time.perf_counter() - t0
-            cpu += time.process_time() - c0
-            c0, t0 = time.process_time(), time.perf_counter()
-            floor_pdfs.append(weasyprint.HTML(string=bare).write_pdf())
-            floor_seconds += time.perf_counter() - t0
-            floor_cpu += time.process_time() - c0
-            t0 = time.perf_counter()
-            st.html_to_pdf(html)
-            layout_seconds += time.perf_counter() - t0
+        for n, (cid, html, bare) in enumerate(zip(ids, laid_out, standalone)):
+            paths = [("statements", lambda: pdfs.append(st.render_statement_pdf(cid, **kwargs))),
+                     ("floor", lambda: floor_pdfs.append(weasyprint.HTML(string=bare).write_pdf())),
+                     ("layout", lambda: st.html_to_pdf(html))]
+            for name, run in paths[n % 3:] + paths[:n % 3]:
+                c0, t0 = time.process_time(), time.perf_counter()
+                run()
+                timed[name][0] += time.perf_counter() - t0
+                timed[name][1] += time.process_time() - c0
+        (seconds, cpu), (floor_seconds, floor_cpu), (layout_seconds, _) = timed.values()
         log(f"forked after warm_up() in the parent ({warmup_seconds:.2f} s): {count} in {forked_warm:.2f} s")
         log(f"statements: {count} in {seconds:.2f} s")
         log(f"floor (bare weasyprint.HTML(string=html).write_pdf()): {count} in {floor_seconds:.2f} s")
@@ -202,8 +210,11 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         "floor_pdf_kib": round(sum(map(len, floor_pdfs)) / len(floor_pdfs) / 1024, 1),
         "warm_pdf_pages": _pages(warm),
         "forked_cold_per_s": round(count / forked_cold, 2),
+        "forked_cold_cpu_s_each": round(forked_cold_cpu / count, 3),
         "warm_up_seconds": round(warmup_seconds, 3),
         "forked_warm_per_s": round(count / forked_warm, 2),
+        "forked_warm_cpu_s_each": round(forked_warm_cpu / count, 3),
+        "statements_cpu_s_each": round(cpu / count, 3),
         "statements_seconds": round(seconds, 3),
         "statements_per_s": round(per_s, 2),
         "statements_per_cpu_s": round(count / cpu, 2),
