@@ -308,3 +308,26 @@ def test_statement_run_twice_before_any_worker_queues_each_customer_once(book, s
     assert queue.count == 2
     assert statement_run(customer_ids=[book["de"]], as_of=AS_OF + timedelta(days=1))["enqueued"] == 1
     assert queue.count == 3
+
+
+def test_bench_statements_prints_rates_and_ratios_as_json(tmp_path):
+    """``arhub bench statements --count 2 --json`` (a subprocess, its own scratch database) prints
+    statements/s, the bare-WeasyPrint floor/s and their ratio, and both statements took two pages."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARHUB_")}
+    env.update({"ARHUB_ENV_FILE": "", "ARHUB_VAR_DIR": str(tmp_path / "var")})
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "bench", "statements", "--count", "2", "--json"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["pages"] == {"2": 2} and result["floor_pages"] == {"2": 2}
+    for key in ("statements_per_s", "floor_per_s", "ratio", "layout_floor_per_s", "forked_warm_per_s"):
+        assert result[key] > 0
+    # the ratio is computed from unrounded rates; the printed rates are rounded to 0.01
+    assert result["ratio"] == pytest.approx(result["floor_per_s"] / result["statements_per_s"], rel=0.05)
