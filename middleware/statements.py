@@ -77,6 +77,8 @@ LOGO = "logo.svg"
 REMITTANCE = "remittance.txt"
 #: Largest ``data:`` URL payload (decoded bytes) the fetcher serves.
 DATA_URL_LIMIT = 64 * 1024
+#: Images kept decoded between renders (the logo; a bound for HTML that brings its own images).
+IMAGE_CACHE_LIMIT = 16
 
 
 class StatementNotFound(LookupError):
@@ -435,6 +437,8 @@ def html_to_pdf(html: str) -> bytes:
     with the per-process stylesheet, the restricted fetcher and the shared caches."""
     font_config, fetcher = _thread_state()
     css = stylesheet()
+    if len(_image_cache) > IMAGE_CACHE_LIMIT:  # only the logo belongs here; other HTML may bring more
+        _image_cache.clear()
     try:
         document = HTML(string=html, base_url=assets_dir().as_uri() + "/", url_fetcher=fetcher)
         return document.write_pdf(stylesheets=[css], font_config=font_config, cache=_image_cache)
