@@ -18,10 +18,10 @@ credit memos and payments dated on or before D reduce the balance, not a bucket;
 the closing rate (the latest rate dated on or before D), each document converted and rounded
 half up on its own, totals are sums of the rounded figures.
 
-Speed: the stylesheet is parsed into one ``weasyprint.CSS`` per process, the Jinja2
-environments (one per locale) compile the template once, the logo is decoded once (WeasyPrint's
-image cache), the font configuration is made once per thread, and the store is read with four
-small indexed queries (customer with its billing contact and the company, open invoices,
+Speed: the stylesheet is parsed into one ``weasyprint.CSS`` per process, the template is
+compiled once for every locale (its filters read the render's locale), the logo is decoded once
+(WeasyPrint's image cache), the font configuration is made once per thread, and the store is
+read with four small indexed queries (customer with its billing contact and the company, open invoices,
 unapplied credits, closing rates).
 
 Assets: WeasyPrint fetches through :class:`AssetFetcher`, which serves only the files under
@@ -44,6 +44,8 @@ from urllib.parse import unquote, unquote_to_bytes, urlsplit
 from urllib.request import url2pathname
 
 from babel.core import Locale, UnknownLocaleError
+from babel.numbers import format_decimal
+from jinja2 import pass_context
 from weasyprint import CSS, HTML
 from weasyprint.text.fonts import FontConfiguration
 from weasyprint.urls import FatalURLFetchingError, URLFetcher, URLFetcherResponse
@@ -53,7 +55,7 @@ from .bulk import placeholders, to_decimal
 from .db import database
 from .fx import RateBook, round_money
 from .settings import Settings, get_settings, templates_dir
-from .templating import file_environment, parse_locale
+from .templating import file_environment, format_day, format_money, parse_locale
 
 __all__ = [
     "AssetFetcher",
@@ -166,7 +168,7 @@ class AssetFetcher(URLFetcher):
 
 _lock = threading.Lock()
 _css: CSS | None = None
-_environments: dict[str, Any] = {}  # locale -> compiled statement template
+_compiled: Any = None  # the statement template, compiled once for every locale
 _image_cache: dict = {}  # WeasyPrint's image cache: the logo is decoded once per process
 _remittance: dict[Path, tuple[int, str]] = {}
 _local = threading.local()  # FontConfiguration and fetcher: not shared between threads
@@ -191,16 +193,27 @@ def stylesheet() -> CSS:
     return _css
 
 
-def _template(locale: str):
-    template = _environments.get(locale)
-    if template is None:
+def _template():
+    """The statement template, compiled once per process for every locale: its ``money``,
+    ``date`` and ``number`` filters format for the ``locale`` of the render's context (a forked
+    work horse inherits the compiled template from a warmed parent, whatever the customer's
+    language)."""
+    global _compiled
+    if _compiled is None:
         with _lock:
-            template = _environments.get(locale)
-            if template is None:
-                env = file_environment(assets_dir(), locale)
+            if _compiled is None:
+                env = file_environment(assets_dir(), "en")
                 env.auto_reload = False  # shipped files: compiled once, never re-read
-                template = _environments[locale] = env.get_template(TEMPLATE)
-    return template
+                env.filters["money"] = pass_context(
+                    lambda ctx, amount, currency: format_money(amount, currency, ctx["locale"]))
+                env.filters["date"] = pass_context(
+                    lambda ctx, value, fmt="medium": format_day(value, fmt, ctx["locale"]))
+                env.filters["number"] = pass_context(
+                    lambda ctx, value, fmt=None: "" if value is None else format_decimal(
+                        value if isinstance(value, Decimal) else Decimal(str(value)), format=fmt,
+                        locale=ctx["locale"]))
+                _compiled = env.get_template(TEMPLATE)
+    return _compiled
 
 
 def remittance_text(settings: Settings | None = None) -> str:
@@ -422,7 +435,7 @@ def _html(context: dict, *, standalone: bool) -> str:
                  "logo_src": "data:image/svg+xml;base64," + base64.b64encode((root / LOGO).read_bytes()).decode()}
     else:  # the parsed stylesheet is passed to WeasyPrint; the logo resolves against base_url
         extra = {"stylesheet": None, "logo_src": LOGO}
-    return _template(context["locale"]).render(**context, **extra)
+    return _template().render(**context, **extra)
 
 
 def render_statement_html(customer_id: int, *, as_of: date, reporting_currency: str,
@@ -448,16 +461,20 @@ def html_to_pdf(html: str) -> bytes:
 
 
 def warm_up(locales: tuple[str, ...] = ("en",)) -> None:
-    """Do once what every first render pays: parse the stylesheet, compile the template for
-    ``locales``, make this thread's font configuration, decode the logo and load the fonts
-    (a one-line document through WeasyPrint). Needs no database.
+    """Do once what every first render pays: parse the stylesheet, compile the template, load
+    Babel's data for ``locales`` (any other loads on first use, a few ms), make this thread's
+    font configuration, decode the logo and load the fonts (a one-line document through
+    WeasyPrint). Needs no database.
 
     Call it in a forking worker's parent process (rq forks a work horse per job, and a horse
     starts with the parent's memory): every statement job then starts warm instead of paying
     the first render's extra second or so again."""
     stylesheet()
+    _template()
     for locale in locales:
-        _template(parse_locale(locale))
+        loc = parse_locale(locale)
+        format_money(Decimal("1234.5"), "EUR", loc)
+        format_day(date(2026, 1, 31), "medium", loc)
     html_to_pdf(f'<html><body><img src="{LOGO}" alt=""><p>Statement 0123456789 €$¥£</p>'
                 f'<p><b>Statement</b></p></body></html>')
 
