@@ -197,6 +197,7 @@ def start_worker_process(
     settings: Settings | None = None,
     name: str | None = None,
     burst: bool = False,
+    with_scheduler: bool = True,
     extra_args: Iterable[str] = (),
     **popen_kwargs,
 ) -> subprocess.Popen:
@@ -224,7 +225,7 @@ def start_worker_process(
         "--url", url,
         "--worker-class", WORKER_CLASS,
         "--name", name,
-        "--with-scheduler",  # retries with an interval (emails) wait in the scheduled registry
+        *(["--with-scheduler"] if with_scheduler else []),  # retries with an interval wait in the scheduled registry
         *(["--burst"] if burst else []),
         *extra_args,
         *queues,

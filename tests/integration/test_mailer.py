@@ -687,7 +687,8 @@ def test_worker_killed_during_data_never_sends_twice(world, redis_url, smtp_serv
     env = use_smtp(controller)
     cust, inv = world.customer()
     action = world.action(cust, inv)
-    worker = start_rq_worker(queues=["dunning"], env=env)
+    # no scheduler process: the worker's only child is the work horse we kill
+    worker = start_rq_worker(queues=["dunning"], env=env, with_scheduler=False)
     queue = get_queue("dunning", get_settings())
     job = enqueue_dunning_email(action, queue=queue, retry=Retry(max=2))
 
@@ -715,7 +716,8 @@ def test_worker_killed_before_data_sends_once_on_retry(world, redis_url, smtp_se
     env = use_smtp(controller)
     cust, inv = world.customer()
     action = world.action(cust, inv)
-    worker = start_rq_worker(queues=["dunning"], env=env)
+    # no scheduler process: the worker's only child is the work horse we kill
+    worker = start_rq_worker(queues=["dunning"], env=env, with_scheduler=False)
     queue = get_queue("dunning", get_settings())
     job = enqueue_dunning_email(action, queue=queue, retry=Retry(max=2))
 
