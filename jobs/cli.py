@@ -594,6 +594,120 @@ def ar_report(as_of, period_days, as_json) -> None:
         console.print(gaps)
 
 
+# ----------------------------------------------------------------- dunning
+@main.group()
+def dunning() -> None:
+    """Dunning campaigns: plan a day's actions, explain a customer, seed the default campaign."""
+
+
+def _dunning_day(value, settings):
+    return value.date() if value else datetime.now(settings.tzinfo).date()
+
+
+def _first(rows: list, limit: int) -> list:
+    return rows if limit <= 0 else rows[:limit]
+
+
+@dunning.command("plan")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day to plan [default: today in ARHUB_TIMEZONE]")
+@click.option("--dry-run", is_flag=True, help="show what would be planned; write nothing")
+@click.option("--campaign", "campaign_names", multiple=True, help="plan only this campaign (repeatable)")
+@click.option("--catch-up-days", default=3, show_default=True, help="also plan steps missed on the days before")
+@click.option("--limit", default=50, show_default=True, help="rows shown per table (0: all)")
+def dunning_plan(as_of, dry_run, campaign_names, catch_up_days, limit) -> None:
+    """Plan the actions due on a day: who gets what, and why the others get nothing."""
+    from middleware.dunning import plan
+    from middleware.models import Campaign
+
+    ctx = _ctx(migrate=True)
+    day = _dunning_day(as_of, ctx.settings)
+    ids = None
+    if campaign_names:
+        found = {c.name: c.id for c in Campaign.select().where(Campaign.name.in_(list(campaign_names)))}
+        missing = sorted(set(campaign_names) - set(found))
+        if missing:
+            raise click.ClickException(f"no campaign named {', '.join(map(repr, missing))}")
+        ids = list(found.values())
+    result = plan(day, dry_run=dry_run, campaign_ids=ids, catch_up_days=catch_up_days)
+    if not result.sending_day:
+        console.print(f"{day.isoformat()} is not a sending day (business days and holidays): nothing planned")
+    sends = [r for r in result.rows if r.status in ("planned", "pending_approval", "approved")]
+    tasks = [r for r in result.rows if r.status == "task"]
+    skips = [r for r in result.rows if r.status == "skipped"]
+    table = Table("customer", "campaign", "step", "invoices", "to", "when (UTC)", "status",
+                  title=f"emails on {day.isoformat()} ({len(sends)})")
+    for r in _first(sends, limit):
+        table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers),
+                      r.to_address + (f" (cc {', '.join(r.cc)})" if r.cc else ""),
+                      f"{r.send_after:%Y-%m-%d %H:%M}", r.status + (f": {r.reason}" if r.reason else ""))
+    console.print(table)
+    if tasks:
+        table = Table("customer", "campaign", "step", "invoices", "task", title=f"tasks for collectors ({len(tasks)})")
+        for r in _first(tasks, limit):
+            table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers), r.reason or "")
+        console.print(table)
+    if skips:
+        table = Table("customer", "campaign", "step", "invoices", "why nothing is sent",
+                      title=f"skipped ({len(skips)})")
+        for r in _first(skips, limit):
+            table.add_row(r.customer_name, r.campaign_name, r.step_name, ", ".join(r.invoice_numbers), r.reason or "")
+        console.print(table)
+    if result.unassigned:
+        names = ", ".join(name for _, name in _first(result.unassigned, limit))
+        console.print(f"{len(result.unassigned)} customer(s) with a step due are in no campaign: {names}")
+    if result.already_planned:
+        console.print(f"{result.already_planned} invoice step(s) due were already planned earlier")
+    for (campaign, step, status), count in sorted(result.counts.items()):
+        console.print(f"  {campaign} / {step} / {status}: {count}")
+    written = "dry run: nothing written" if dry_run else f"{result.inserted} new action(s) written"
+    console.print(f"{len(result.rows)} action(s); {result.customers_considered} customer(s) had a step due; "
+                  f"{written} ({result.seconds:.2f} s)")
+
+
+def _find_customer(text: str):
+    from middleware.models import Customer
+
+    live = Customer.deleted_at.is_null()
+    found = []
+    if text.isdigit():
+        found = list(Customer.select().where(live, Customer.id == int(text)))
+    for column in (Customer.number, Customer.external_id, Customer.name):
+        if not found:
+            found = list(Customer.select().where(live, column == text).limit(5))
+    if not found:
+        raise click.ClickException(f"no customer with id, number, external id or name {text!r}")
+    if len(found) > 1:
+        raise click.ClickException(f"{text!r} names {len(found)} customers: use the id "
+                                   f"({', '.join(str(c.id) for c in found)})")
+    return found[0]
+
+
+@dunning.command("explain")
+@click.argument("customer")
+@click.option("--as-of", "as_of", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="the day to explain [default: today in ARHUB_TIMEZONE]")
+def dunning_explain(customer, as_of) -> None:
+    """Which campaign CUSTOMER (id, number, external id or name) is in and why, and what each step does."""
+    from middleware.dunning import explain
+
+    ctx = _ctx()
+    found = _find_customer(customer)
+    for line in explain(found.id, _dunning_day(as_of, ctx.settings)).lines():
+        console.print(line, markup=False, highlight=False)
+
+
+@dunning.command("seed")
+def dunning_seed() -> None:
+    """Create the default campaign and its email templates (once; later edits are kept)."""
+    from middleware.dunning import seed_default_campaign
+
+    _ctx(migrate=True)
+    out = seed_default_campaign()
+    console.print(f"default campaign #{out['campaign']}: {out['steps_created']} step(s) and "
+                  f"{out['templates_created']} template(s) created")
+
+
 # ------------------------------------------------------------------- inbox
 @main.group()
 def inbox() -> None:
