@@ -10,6 +10,8 @@
   queue, with job id ``email-<action key>`` and ``unique=True``: a second enqueue of the
   same action is refused by Redis while its job exists.
 * :func:`send_test_email` is the console's "test send to me".
+* :func:`plan_dunning` (cron, daily at ``ARHUB_DUNNING_PLAN_TIME`` local time): assignment
+  rules, expiry of stale approvals, the plan for today, then :func:`send_due_actions`.
 
 Retries with an interval need a worker running RQ's scheduler (``rq worker --with-scheduler``).
 """
@@ -34,6 +36,7 @@ __all__ = [
     "RETRY",
     "enqueue_dunning_email",
     "job_id_for",
+    "plan_dunning",
     "send_due_actions",
     "send_dunning_email",
     "send_test_email",
@@ -158,3 +161,26 @@ def send_test_email(template_name: str, language: str, to: str, customer_id: int
 
     ctx = bootstrap()
     return send_test(template_name, language, to, customer_id, settings=ctx.settings)
+
+
+def plan_dunning(as_of: str | None = None) -> dict:
+    """RQ job (cron, daily): apply the tag/segment/collector rules, expire approvals nobody
+    took, plan today's actions (idempotent: a second run the same day inserts nothing), and
+    enqueue the emails that are due. ``as_of`` (ISO date) defaults to today in ARHUB_TIMEZONE."""
+    from datetime import date
+
+    from jobs.bootstrap import bootstrap
+    from middleware.dunning import expire_pending, plan
+    from middleware.rules import apply_rules
+
+    ctx = bootstrap()
+    day = date.fromisoformat(as_of) if as_of else datetime.now(ctx.settings.tzinfo).date()
+    rules = apply_rules()
+    expired = expire_pending(utcnow())
+    result = plan(day)
+    sent = send_due_actions()
+    return {"as_of": day.isoformat(), "rules": {"tags_added": getattr(rules, "tags_added", None),
+                                                "collectors_changed": getattr(rules, "collectors_changed", None)},
+            "expired": expired if isinstance(expired, int) else len(expired or []),
+            "planned": result.inserted, "already_planned": result.already_planned, "by_status": result.by_status,
+            "emails": sent}

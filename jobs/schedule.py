@@ -8,12 +8,23 @@ a duplicate enqueue during a restart is harmless.
   (default 15). The interval starts when the cron process starts (first run at once).
 * ``jobs.salesforce.sync_salesforce_all`` on queue ``sync`` every
   ``ARHUB_SALESFORCE_INTERVAL_MINUTES`` (default 30): pull, match and push what changed
-  (an unchanged account costs no API call).
+  (an unchanged account costs no API call); every ERP sync run by the cron also enqueues a
+  Salesforce push right after it, so balances reach reps within minutes.
+* ``jobs.dunning.plan_dunning`` on queue ``dunning`` daily at ``ARHUB_DUNNING_PLAN_TIME`` in
+  ``ARHUB_TIMEZONE`` (converted to UTC when the cron process starts: restart it after a DST
+  change, or the plan moves by an hour).
+* ``jobs.dunning.send_due_actions`` on queue ``dunning`` every 5 minutes (emails whose sending
+  window opened).
+* ``jobs.inbox.poll_imap`` on queue ``default`` every minute when ``ARHUB_IMAP_URL`` is set.
 """
 from __future__ import annotations
 
 from rq import cron
 
+from datetime import datetime, timezone
+
+from jobs.dunning import plan_dunning, send_due_actions
+from jobs.inbox import poll_imap
 from jobs.salesforce import sync_salesforce_all
 from jobs.sync import sync_erp_all
 from middleware.settings import get_settings
@@ -37,3 +48,25 @@ cron.register(
     job_timeout=SYNC_JOB_TIMEOUT_SECONDS,
     name="sync-salesforce-all",
 )
+
+
+def utc_cron_for(local_time: str, tz) -> str:
+    """``"07:00"`` in ``tz`` today → the daily cron expression in UTC (``"0 6 * * *"``)."""
+    hours, minutes = (int(part) for part in local_time.split(":"))
+    local = datetime.now(tz).replace(hour=hours, minute=minutes, second=0, microsecond=0)
+    utc = local.astimezone(timezone.utc)
+    return f"{utc.minute} {utc.hour} * * *"
+
+
+cron.register(
+    plan_dunning,
+    queue_name="dunning",
+    cron=utc_cron_for(_settings.dunning_plan_time, _settings.tzinfo),
+    job_timeout=SYNC_JOB_TIMEOUT_SECONDS,
+    name="plan-dunning",
+)
+
+cron.register(send_due_actions, queue_name="dunning", interval=300, job_timeout=600, name="send-due-emails")
+
+if _settings.imap_url:
+    cron.register(poll_imap, queue_name="default", interval=60, job_timeout=600, name="poll-imap")

@@ -83,6 +83,14 @@ def sync_erp_all() -> list[dict]:
     """RQ job (cron): every enabled ERP source, one after the other."""
     from jobs.bootstrap import bootstrap
 
-    bootstrap()
+    ctx = bootstrap()
     names = [s.name for s in Source.select().where(Source.enabled & Source.kind.in_(["soap", "rest"]))]
-    return [sync_erp(name) for name in names]
+    results = [sync_erp(name) for name in names]
+    if any(r.get("status") in ("succeeded", "partial") for r in results) and \
+            Source.select().where(Source.enabled & (Source.kind == "salesforce")).exists():
+        from jobs.queues import get_queue
+
+        # balances changed: push them to Salesforce now (only changed records cost API calls)
+        get_queue("sync", ctx.settings).enqueue("jobs.salesforce.push_ar_status", job_timeout=3600,
+                                                description="Salesforce push after the ERP sync")
+    return results
