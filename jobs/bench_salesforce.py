@@ -269,6 +269,12 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
                 per_call = naive_sample_seconds / max(len(bodies), 1)
                 say(f"naive: {len(bodies)} single-record upserts in {naive_sample_seconds:.1f}s "
                     f"({per_call * 1000:.1f} ms a call, {naive_sample_calls} calls)")
+                # how fast the emulator processed each Bulk job (one more call, after the measuring)
+                jobs = connector._raw("GET", "jobs/ingest", "bulk list").json().get("records") or []
+                bulk_jobs = [{"object": j.get("object"), "rows": j.get("numberRecordsProcessed"),
+                              "processing_seconds": round((j.get("totalProcessingTime") or 0) / 1000, 2),
+                              "rows_per_s": round(j["numberRecordsProcessed"] * 1000 / j["totalProcessingTime"])
+                              if j.get("totalProcessingTime") else None} for j in jobs]
                 connector.close()
                 erp_connector.close()
 
@@ -304,7 +310,7 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
             "full_push_speedup": ratio(naive_seconds, full_seconds),
             "incremental_speedup": ratio(naive_inc_seconds, inc_seconds),
             "pull_breakdown": pull_breakdown, "full_push_breakdown": full_breakdown,
-            "incremental_breakdown": inc_breakdown, "push_work_alone": push_work,
+            "incremental_breakdown": inc_breakdown, "push_work_alone": push_work, "bulk_jobs": bulk_jobs,
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         }
     finally:
@@ -317,9 +323,12 @@ def render(result: dict, title: str):
 
     table = Table("figure", "value", title=title)
     for key, value in result.items():
-        if not isinstance(value, dict):
+        if not isinstance(value, (dict, list)):
             table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
     for key, value in result.items():
+        if isinstance(value, list):
+            for n, item in enumerate(value):
+                table.add_row(f"{key}[{n}]", str(item))
         if isinstance(value, dict):
             for part, figures in value.items():
                 text = figures if not isinstance(figures, dict) else ", ".join(
