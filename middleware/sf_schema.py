@@ -161,14 +161,20 @@ def check_mapping(config: dict, describes: dict[str, dict | None]) -> list[Probl
 
 def sf_value(value: Any, field: dict | None) -> Any:
     """A canonical value as Salesforce takes it: decimals to the field's scale (half up) as exact
-    strings, dates ISO, datetimes ``...T...+0000``, text cut to the field's length."""
+    strings, dates ISO, datetimes ``...T...+0000``, text cut to the field's length. A number
+    with more integer digits than the field holds (e.g. days delinquent of a customer whose
+    period sales are a few cents) is sent empty: Salesforce would reject the whole record."""
     if value is None:
         return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (Decimal, int)) and (field or {}).get("precision"):
+        whole = int(field["precision"]) - int(field.get("scale") or 0)
+        if abs(value) >= Decimal(10) ** whole:
+            return None
     if isinstance(value, Decimal):
         scale = int((field or {}).get("scale") if (field or {}).get("scale") is not None else 2)
         return str(value.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP))
-    if isinstance(value, bool):
-        return value
     if hasattr(value, "strftime") and hasattr(value, "hour"):
         return value.strftime("%Y-%m-%dT%H:%M:%S.000+0000")
     if hasattr(value, "isoformat"):
