@@ -286,9 +286,8 @@ class SalesforceConnector:
         Calls spent on success: create + upload + close + polls (+ failedResults when
         any row failed). The first poll waits for an estimate of the processing time: the
         rows at the rate this connector's last job was processed, or at ``BULK_ROWS_PER_S``
-        for its first job. A job still in progress says how many rows it processed so far;
-        the next poll waits for the rest at that rate (+10%), so a job is seen done on its
-        second poll when the first came early (``_next_wait``)."""
+        for its first job. A job still in progress says how many rows it processed so far:
+        the next polls wait for the rest at the rate seen between polls (``_next_wait``)."""
         job = self._raw("POST", "jobs/ingest", f"bulk create {sobject}", json={
             "object": sobject, "operation": "upsert", "externalIdFieldName": external_id,
             "contentType": "CSV", "lineEnding": "LF", "columnDelimiter": "COMMA"}).json()
@@ -307,6 +306,7 @@ class SalesforceConnector:
         n = len(rows)
         wait = poll(n) if poll else self._first_wait(n)
         waited = 0.0
+        seen: tuple[float, int] | None = None  # (waited, processed) at the previous poll
         while True:
             self.sleep(wait)
             waited += wait
@@ -316,7 +316,9 @@ class SalesforceConnector:
                 break
             if waited >= max_wait:
                 return BulkResult(job_id, state or "InProgress", error=f"job {job_id} still {state} after {waited:.0f} s")
-            wait = _next_wait(n, int(info.get("numberRecordsProcessed") or 0), waited, wait)
+            processed = int(info.get("numberRecordsProcessed") or 0)
+            wait = _next_wait(n, processed, waited, wait, seen)
+            seen = (waited, processed)
         result = BulkResult(job_id, state, processed=int(info.get("numberRecordsProcessed") or 0),
                             error=info.get("errorMessage"))
         if state == "JobComplete" and result.processed:
@@ -330,12 +332,19 @@ class SalesforceConnector:
         return result
 
 
-def _next_wait(rows: int, processed: int, waited: float, wait: float) -> float:
-    """Seconds before the next poll of a job still in progress after ``waited`` seconds:
-    the rest at the rate seen so far (+10% and a quarter second), or, when the job has not
-    started processing, 1.5 times the last wait."""
-    if 0 < processed < rows:
-        estimate = waited * (rows - processed) / processed * 1.1 + 0.25
+def _next_wait(rows: int, processed: int, waited: float, wait: float,
+               seen: tuple[float, int] | None = None) -> float:
+    """Seconds before the next poll of a job still in progress after ``waited`` seconds, with
+    ``processed`` rows done (``seen``: the same at the previous poll).
+
+    Two polls with progress give the processing rate: wait for the rest at that rate (+10% and a
+    quarter second). One poll with progress gives the rate since the close, which includes the
+    job's start (queueing, reading the CSV) and so runs long: wait for the rest at that rate
+    but never more than twice the time so far. No progress yet: 1.5 times the last wait."""
+    if seen is not None and 0 < seen[1] < processed and waited > seen[0]:
+        estimate = (rows - processed) * (waited - seen[0]) / (processed - seen[1]) * 1.1 + 0.25
+    elif 0 < processed < rows:
+        estimate = min(waited * (rows - processed) / processed * 1.1 + 0.25, 2 * waited)
     else:
         estimate = wait * 1.5
     return min(max(0.5, estimate), MAX_POLL_WAIT)
