@@ -18,6 +18,7 @@ import threading
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -103,6 +104,8 @@ class Settings:
     imap_url: str | None = field(default=None, repr=False)  # imaps://user:password@host:993/INBOX
     # dunning
     dunning_plan_time: str = "07:00"  # local time (ARHUB_TIMEZONE) of the daily plan
+    # console
+    cash_target: Decimal | None = None  # cash to collect per calendar month, in the reporting currency
 
     def __repr__(self) -> str:
         shown = []
@@ -208,6 +211,16 @@ def _clock_time(name: str, raw: str) -> str:
     return f"{hours:02d}:{minutes:02d}"
 
 
+def _amount(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw.strip().replace(",", "").replace("_", ""))
+    except InvalidOperation:
+        raise SettingsError(name, f"expected an amount such as 250000 or 250000.00, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise SettingsError(name, f"expected an amount >= 0 such as 250000, got {raw!r}")
+    return value
+
+
 def _database_url(name: str, raw: str) -> str:
     url = raw.strip()
     scheme = urlsplit(url).scheme
@@ -305,6 +318,7 @@ def load_settings(
         inbound_secret=get("ARHUB_INBOUND_SECRET", _text, None),
         imap_url=get("ARHUB_IMAP_URL", _text, None),
         dunning_plan_time=get("ARHUB_DUNNING_PLAN_TIME", _clock_time, "07:00"),
+        cash_target=get("ARHUB_CASH_TARGET", _amount, None),
     )
 
 
@@ -358,6 +372,8 @@ def env_for(settings: Settings) -> dict[str, str]:
                         ("ARHUB_INBOUND_SECRET", settings.inbound_secret), ("ARHUB_IMAP_URL", settings.imap_url)):
         if value:
             env[name] = value
+    if settings.cash_target is not None:
+        env["ARHUB_CASH_TARGET"] = settings.cash_target
     if settings.secret_key_previous:
         env["ARHUB_SECRET_KEY_PREVIOUS"] = ",".join(settings.secret_key_previous)
     if settings.redis_url:
