@@ -71,6 +71,12 @@ def _m0004_collections(db) -> None:
     migrate(SchemaMigrator.from_database(db).add_column("customer", "timezone", models.CharField(null=True)))
 
 
+def _m0005_open_invoices_by_customer(db) -> None:
+    # frozen SQL (not the model's index object): a later change to the model must not change this step
+    db.execute_sql('CREATE INDEX "invoice_open_by_customer" ON "invoice" ("customer_id", "due_date", '
+                   '"open_amount_reporting", "open_amount", "deleted_at", "status") WHERE "status" = \'open\'')
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
@@ -79,6 +85,8 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
      _m0003_salesforce),
     (4, "collections: users, assignment rules, templates, campaigns, variants, steps, dunning actions, messages, "
         "activities; customer.timezone", _m0004_collections),
+    (5, "invoice_open_by_customer: a partial covering index of open invoices per customer (console customer list)",
+     _m0005_open_invoices_by_customer),
 ]
 
 

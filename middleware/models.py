@@ -22,6 +22,7 @@ from peewee import (
     FloatField,
     IntegerField,
     Model,
+    SQL,
     TextField,
 )
 
@@ -241,6 +242,15 @@ class Invoice(_Document):
             (("status", "due_date"), False),
             (("fx_missing",), False),
         )
+
+
+#: The console's customer list sums open invoices per customer for today (open, overdue, oldest
+#: due date) straight from this partial covering index: only open invoices, no table lookups
+#: (migration 5). ``status`` is in it too: SQLite only reads a partial index without the table
+#: when every column the query names is in the index.
+Invoice.add_index(Invoice.index(Invoice.customer, Invoice.due_date, Invoice.open_amount_reporting, Invoice.open_amount,
+                                Invoice.deleted_at, Invoice.status, name="invoice_open_by_customer",
+                                where=SQL("\"status\" = 'open'")))  # a literal: snapshots keep no parameters
 
 
 class CreditMemo(_Document):
