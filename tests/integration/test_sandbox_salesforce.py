@@ -782,6 +782,83 @@ def test_composite_upsert_and_delete(server, sf):
 
 
 # ------------------------------------------------------------------------------------------- Bulk 2.0
+def test_composite_runs_subrequests_in_order_as_one_api_call(server, session, token):
+    """POST composite: describes and a query in one request, one API call however many
+    subrequests; a later subrequest reads an earlier answer through @{ref.path}."""
+    server.set_budget(max=100_000, used=0)
+    body = {"compositeRequest": [
+        {"method": "GET", "url": f"/services/data/v{V}/sobjects/AR_Summary__c/describe", "referenceId": "summary"},
+        {"method": "GET", "url": f"/services/data/v{V}/sobjects/AR_Invoice__c/describe", "referenceId": "invoice"},
+        {"method": "GET", "url": f"/services/data/v{V}/sobjects/No_Such__c/describe", "referenceId": "missing"},
+        {"method": "GET", "url": f"/services/data/v{V}/query?q=SELECT+Id+FROM+Account+ORDER+BY+Id+LIMIT+1",
+         "referenceId": "first"},
+        {"method": "GET", "url": f"/services/data/v{V}/sobjects/Account/@{{first.records[0].Id}}?fields=Id,Name",
+         "referenceId": "account"}]}
+    response = api(session, server, token, "POST", "composite", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["Sforce-Limit-Info"] == "api-usage=1/100000"
+    answers = {r["referenceId"]: r for r in response.json()["compositeResponse"]}
+    assert [r["referenceId"] for r in response.json()["compositeResponse"]] == [
+        "summary", "invoice", "missing", "first", "account"]
+    assert answers["summary"]["httpStatusCode"] == 200 and answers["summary"]["body"]["name"] == "AR_Summary__c"
+    assert {f["name"] for f in answers["invoice"]["body"]["fields"]} >= {"ARHub_Key__c", "Account__c"}
+    assert answers["missing"]["httpStatusCode"] == 404 and answers["missing"]["body"][0]["errorCode"] == "NOT_FOUND"
+    first_id = answers["first"]["body"]["records"][0]["Id"]
+    assert answers["account"]["httpStatusCode"] == 200 and answers["account"]["body"]["Id"] == first_id
+    stats = server.stats()
+    assert stats["api_used"] == 1 and stats["by_endpoint"].get("POST composite") == 1
+
+
+def test_composite_all_or_none_rolls_back_and_halts_the_rest(server, session, token):
+    """allOrNone: a failing subrequest rolls the earlier writes back; the others answer PROCESSING_HALTED.
+    Without it a subrequest that references a failed one is halted, the rest run; more than 25 is refused."""
+    def create(ref, key, name="X"):
+        return {"method": "POST", "url": f"/services/data/v{V}/sobjects/AR_Summary__c", "referenceId": ref,
+                "body": {"Name": name, "ARHub_Key__c": key}}
+    bad = {"method": "PATCH", "url": f"/services/data/v{V}/sobjects/AR_Summary__c/@{{one.id}}",
+           "referenceId": "bad", "body": {"No_Such_Field__c": 1}}
+    answer = api(session, server, token, "POST", "composite",
+                 json={"allOrNone": True, "compositeRequest": [create("one", "cmp-aon-1"), bad,
+                                                               create("two", "cmp-aon-2")]}).json()
+    codes = {r["referenceId"]: (r["httpStatusCode"], r["body"][0]["errorCode"]) for r in answer["compositeResponse"]}
+    assert codes == {"one": (400, "PROCESSING_HALTED"), "bad": (400, "INVALID_FIELD"),
+                     "two": (400, "PROCESSING_HALTED")}
+    assert not [r for r in live(server, "AR_Summary__c") if r.get("ARHub_Key__c", "").startswith("cmp-aon-")]
+
+    after_bad = {"method": "GET", "url": f"/services/data/v{V}/sobjects/AR_Summary__c/@{{oops.id}}",
+                 "referenceId": "after"}
+    oops = dict(create("oops", "cmp-part-1"), body={"Nope__c": 1})
+    answer = api(session, server, token, "POST", "composite",
+                 json={"compositeRequest": [oops, after_bad, create("fine", "cmp-part-2")]}).json()
+    status = {r["referenceId"]: r["httpStatusCode"] for r in answer["compositeResponse"]}
+    assert status == {"oops": 400, "after": 400, "fine": 201}
+    assert answer["compositeResponse"][1]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+
+    many = [{"method": "GET", "url": f"/services/data/v{V}/limits", "referenceId": f"r{n}"} for n in range(26)]
+    refused = api(session, server, token, "POST", "composite", json={"compositeRequest": many})
+    assert refused.status_code == 400 and refused.json()[0]["errorCode"] == "INVALID_API_INPUT"
+
+
+def test_composite_batch_charges_every_subrequest(server, session, token):
+    """POST composite/batch: independent subrequests, each counted against the API budget (Salesforce:
+    "Each subrequest counts against rate limits"); haltOnError answers 412 after the first failure."""
+    server.set_budget(max=100_000, used=0)
+    body = {"batchRequests": [{"method": "GET", "url": f"v{V}/sobjects/AR_Summary__c/describe"},
+                              {"method": "GET", "url": f"v{V}/sobjects/No_Such__c/describe"},
+                              {"method": "GET", "url": f"v{V}/limits"}]}
+    response = api(session, server, token, "POST", "composite/batch", json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["Sforce-Limit-Info"] == "api-usage=3/100000"
+    answer = response.json()
+    assert answer["hasErrors"] is True
+    assert [r["statusCode"] for r in answer["results"]] == [200, 404, 200]
+    assert answer["results"][0]["result"]["name"] == "AR_Summary__c"
+    assert "DailyApiRequests" in answer["results"][2]["result"]
+    halted = api(session, server, token, "POST", "composite/batch", json=dict(body, haltOnError=True)).json()
+    assert [r["statusCode"] for r in halted["results"]] == [200, 404, 412]
+    assert halted["results"][2]["result"][0]["errorCode"] == "BATCH_PROCESSING_HALTED"
+
+
 def _wait_for(session, server, token, job_id, states=("JobComplete", "Failed", "Aborted"), kind="ingest"):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:

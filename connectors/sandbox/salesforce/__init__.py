@@ -9,6 +9,8 @@ instance URL):
                                       ``query``/``queryAll`` (+ ``nextRecordsUrl`` paging), ``sobjects``
                                       (describe, CRUD, upsert by external id, ``updated``/``deleted``),
                                       ``composite/sobjects`` (≤ 200 records, ``allOrNone``),
+                                      ``composite`` (≤ 25 subrequests, one API call) and
+                                      ``composite/batch`` (≤ 25, each subrequest charged),
                                       ``jobs/ingest`` and ``jobs/query`` (Bulk API 2.0)
 ``/_sandbox/``                        control API for tests (no auth): faults, session expiry, API
                                       budget, dropped fields, stats, seed truth
@@ -32,6 +34,7 @@ The modules:
 ``app``        :class:`SalesforceApp`: sessions, accounting, faults, routing, REST endpoints,
                composite, limits, the ``/_sandbox/`` control API
 ``bulk``       Bulk API 2.0 ingest and query jobs (mixed into the app)
+``composite``  ``composite`` and ``composite/batch`` (mixed into the app)
 ``auth``       OAuth token grants and the SOAP login (mixed into the app)
 ``server``     :class:`SalesforceServer`
 

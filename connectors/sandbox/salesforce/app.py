@@ -1,8 +1,9 @@
 """The WSGI application (:class:`SalesforceApp`): sessions, API accounting (``Sforce-Limit-Info``,
 ``limits``), faults, routing, REST ``query``/``queryAll`` with ``nextRecordsUrl`` paging, sObjects
 (describe, CRUD, upsert by external id, ``updated``/``deleted``), ``composite/sobjects``, and the
-``/_sandbox/`` control API. Bulk API 2.0 (:class:`~connectors.sandbox.salesforce.bulk.BulkApi`) and
-the logins (:class:`~connectors.sandbox.salesforce.auth.LoginFlows`) are mixed in.
+``/_sandbox/`` control API. Bulk API 2.0 (:class:`~connectors.sandbox.salesforce.bulk.BulkApi`),
+``composite`` and ``composite/batch`` (:class:`~connectors.sandbox.salesforce.composite.CompositeApi`)
+and the logins (:class:`~connectors.sandbox.salesforce.auth.LoginFlows`) are mixed in.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from connectors.sandbox import soql
 from connectors.sandbox.faults import Fault, Faults
 from connectors.sandbox.salesforce.auth import LoginFlows, _load_public_key
 from connectors.sandbox.salesforce.bulk import BulkApi, IngestJob, QueryJob
+from connectors.sandbox.salesforce.composite import CompositeApi
 from connectors.sandbox.salesforce.org import Org
 from connectors.sandbox.salesforce.responses import _body, _errors, _json, _method_not_allowed
 from connectors.sandbox.salesforce.schema import (
@@ -71,7 +73,7 @@ class QueryCursor:
     touched: float
 
 
-class SalesforceApp(BulkApi, LoginFlows):
+class SalesforceApp(BulkApi, CompositeApi, LoginFlows):
     """The WSGI application: authentication, API accounting, faults, routing over an :class:`Org`."""
 
     def __init__(self, org: Org | Callable[[], Org], *, credentials: dict | None = None,
@@ -277,6 +279,10 @@ class SalesforceApp(BulkApi, LoginFlows):
             return self.sobjects(ctx, parts[1:])
         if head == "composite" and len(parts) >= 2 and parts[1] == "sobjects":
             return self.composite(ctx, parts[2:])
+        if head == "composite" and len(parts) == 1:
+            return self.composite_graphless(ctx)
+        if head == "composite" and len(parts) == 2 and parts[1] == "batch":
+            return self.composite_batch(ctx)
         if head == "jobs" and len(parts) >= 2 and parts[1] == "ingest":
             return self.ingest(ctx, parts[2:])
         if head == "jobs" and len(parts) >= 2 and parts[1] == "query":
@@ -694,6 +700,8 @@ def _route_name(method: str, rest: str) -> str:
             shape[2] = parts[2]
         return f"{method} {'/'.join(p for p in shape if p)}"
     if head == "composite":
+        if len(parts) == 1 or parts[1] == "batch":
+            return f"{method} {'/'.join(parts[:2])}"
         return f"{method} composite/sobjects" + ("/{object}" if len(parts) > 2 else "")
     if head == "jobs":
         kind = parts[1] if len(parts) > 1 else ""
