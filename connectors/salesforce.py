@@ -4,9 +4,10 @@ I/O only. It logs in (OAuth2 username-password, client credentials, JWT bearer, 
 SOAP ``login`` that simple-salesforce's username/password/token flow uses) against a
 configurable login URL (production ``https://login.salesforce.com``, sandbox
 ``https://test.salesforce.com``, a My Domain, or our emulator), pages SOQL through
-``query``/``queryAll`` (deletions included), describes sObjects, upserts through sObject
-Collections (200 records a call) and Bulk API 2.0 ingest jobs, and counts every API call
-it spends from the ``Sforce-Limit-Info`` header of every response.
+``query``/``queryAll`` (deletions included), describes sObjects (several in one ``composite``
+call), upserts through sObject Collections (200 records a call) and Bulk API 2.0 ingest jobs
+(started, then waited for, so two jobs process while we upload the second), and counts every
+API call it spends from the ``Sforce-Limit-Info`` header of every response.
 
 Errors are translated at this boundary (one ``exc_map`` in :func:`_translate`): an expired
 session is renewed once and the call retried; 5xx and ``UNABLE_TO_LOCK_ROW`` on a whole
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 LOGIN_URLS = {"production": "https://login.salesforce.com", "sandbox": "https://test.salesforce.com"}
 DEFAULT_VERSION = "59.0"
 COLLECTION_LIMIT = 200
+COMPOSITE_SUBREQUESTS = 25
 _LIMIT_RE = re.compile(r"api-usage=(\d+)/(\d+)")
 RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
 BULK_ROWS_PER_S = 20000.0  # first guess at a Bulk job's processing rate, until a job was seen
@@ -60,6 +62,16 @@ class BulkResult:
     failed: list[dict] = field(default_factory=list)
     unprocessed: list[dict] = field(default_factory=list)
     error: str | None = None
+
+
+@dataclass(eq=False)
+class BulkJob:
+    """A Bulk API 2.0 ingest job we uploaded and closed (``closed_at``: ``time.monotonic()``)."""
+
+    job_id: str
+    sobject: str
+    rows: int
+    closed_at: float
 
 
 def _errors_of(content: Any) -> list[dict]:
@@ -115,6 +127,7 @@ class SalesforceConnector:
         self.api_max: int | None = None
         self.instance_url: str | None = None
         self.bulk_rate: float | None = None  # rows/s of the last Bulk job that completed
+        self._inflight: list[BulkJob] = []  # Bulk jobs started (closed) and not yet seen ending
 
     def __repr__(self) -> str:  # never the credentials
         return f"SalesforceConnector({self.login_url!r}, auth={self.auth!r})"
@@ -128,11 +141,17 @@ class SalesforceConnector:
         if match:
             self.api_used, self.api_max = int(match.group(1)), int(match.group(2))
 
-    def _first_wait(self, rows: int) -> float:
-        """Seconds before the first poll of a Bulk job of ``rows`` rows."""
+    def _first_wait(self, job: BulkJob) -> float:
+        """Seconds before the first poll of ``job``: its rows and those of the jobs closed before it
+        and still running, at the known rate, less the time since the first of them was closed."""
+        ahead = [j for j in self._inflight if j.closed_at <= job.closed_at] or [job]
+        rows = sum(j.rows for j in ahead)
+        elapsed = time.monotonic() - min(j.closed_at for j in ahead)
         if self.bulk_rate:
-            return min(max(0.5, rows / self.bulk_rate * 1.1 + 0.25), MAX_POLL_WAIT)
-        return max(0.5, min(rows / BULK_ROWS_PER_S, 20.0))
+            estimate = rows / self.bulk_rate * 1.1 + 0.25
+        else:
+            estimate = min(rows / BULK_ROWS_PER_S, 20.0)
+        return min(max(0.5, estimate - elapsed), MAX_POLL_WAIT)
 
     @property
     def api_remaining(self) -> int | None:
@@ -240,6 +259,34 @@ class SalesforceConnector:
     def describe(self, sobject: str) -> dict:
         return self._raw("GET", f"sobjects/{sobject}/describe/", f"describe {sobject}").json()
 
+    def describe_many(self, sobjects: Iterable[str]) -> dict[str, dict | None]:
+        """Describes of several sObjects in one ``composite`` request per 25 (None: no such sObject).
+
+        Salesforce counts a ``composite`` request as one API call whatever the number of its
+        subrequests ("The entire series of requests counts as a single call toward your API
+        limits"), unlike ``composite/batch``, whose subrequests each count."""
+        names = list(dict.fromkeys(sobjects))
+        out: dict[str, dict | None] = {}
+        for start in range(0, len(names), COMPOSITE_SUBREQUESTS):
+            part = names[start:start + COMPOSITE_SUBREQUESTS]
+            body = {"allOrNone": False, "compositeRequest": [
+                {"method": "GET", "url": f"/services/data/v{self.api_version}/sobjects/{name}/describe",
+                 "referenceId": f"describe{n}"} for n, name in enumerate(part)]}
+            answer = self._raw("POST", "composite", f"describe {', '.join(part)}", json=body).json()
+            by_ref = {r.get("referenceId"): r for r in answer.get("compositeResponse") or []}
+            for n, name in enumerate(part):
+                sub = by_ref.get(f"describe{n}") or {}
+                status = int(sub.get("httpStatusCode") or 0)
+                if status == 200:
+                    out[name] = sub.get("body")
+                elif status == 404:
+                    out[name] = None
+                else:
+                    errors = _errors_of(sub.get("body"))
+                    text = "; ".join(f"{e.get('errorCode')}: {e.get('message')}" for e in errors)
+                    raise SalesforceRequestError(f"describe {name}: {text}", status=status or None, errors=errors)
+        return out
+
     def query_pages(self, soql: str, *, include_deleted: bool = False) -> Iterator[list[dict]]:
         """Pages of records (``attributes`` dropped) for a SOQL built with ``format_soql``."""
         result = self._call("query", lambda sf: sf.query(soql, include_deleted=include_deleted,
@@ -278,16 +325,15 @@ class SalesforceConnector:
                          json=body).json()
 
     def bulk_upsert(self, sobject: str, external_id: str, columns: list[str], rows: list[dict], *,
-                    poll: Callable[[int], float] | None = None, max_wait: float = 3600.0,
-                    should_stop: Callable[[], bool] | None = None) -> BulkResult:
-        """One Bulk API 2.0 upsert job: create, upload the CSV, close, poll, and read the
-        failed (and, when the job did not complete, unprocessed) rows.
+                    poll: Callable[[int], float] | None = None, max_wait: float = 3600.0) -> BulkResult:
+        """One Bulk API 2.0 upsert job from start to end: :meth:`bulk_start` then :meth:`bulk_wait`."""
+        return self.bulk_wait(self.bulk_start(sobject, external_id, columns, rows), poll=poll, max_wait=max_wait)
 
-        Calls spent on success: create + upload + close + polls (+ failedResults when
-        any row failed). The first poll waits for an estimate of the processing time: the
-        rows at the rate this connector's last job was processed, or at ``BULK_ROWS_PER_S``
-        for its first job. A job still in progress says how many rows it processed so far:
-        the next polls wait for the rest at the rate seen between polls (``_next_wait``)."""
+    def bulk_start(self, sobject: str, external_id: str, columns: list[str], rows: list[dict]) -> BulkJob:
+        """Create a Bulk API 2.0 upsert job, upload the CSV and close it (3 calls); Salesforce then
+        processes it while we do something else (start the next job, send collections).
+
+        On an error after the create the job is aborted (one more call) and the error raised."""
         job = self._raw("POST", "jobs/ingest", f"bulk create {sobject}", json={
             "object": sobject, "operation": "upsert", "externalIdFieldName": external_id,
             "contentType": "CSV", "lineEnding": "LF", "columnDelimiter": "COMMA"}).json()
@@ -303,27 +349,50 @@ class SalesforceConnector:
             except Exception:  # the original error is what the caller must see
                 log.warning("could not abort Bulk API job %s", job_id)
             raise
-        n = len(rows)
-        wait = poll(n) if poll else self._first_wait(n)
-        waited = 0.0
-        seen: tuple[float, int] | None = None  # (waited, processed) at the previous poll
-        while True:
-            self.sleep(wait)
-            waited += wait
-            info = self._raw("GET", path, f"bulk status {sobject}").json()
-            state = info.get("state")
-            if state in ("JobComplete", "Failed", "Aborted"):
-                break
-            if waited >= max_wait:
-                return BulkResult(job_id, state or "InProgress", error=f"job {job_id} still {state} after {waited:.0f} s")
-            processed = int(info.get("numberRecordsProcessed") or 0)
-            wait = _next_wait(n, processed, waited, wait, seen)
-            seen = (waited, processed)
-        result = BulkResult(job_id, state, processed=int(info.get("numberRecordsProcessed") or 0),
+        started = BulkJob(job_id, sobject, len(rows), time.monotonic())
+        self._inflight.append(started)
+        return started
+
+    def bulk_wait(self, job: BulkJob, *, poll: Callable[[int], float] | None = None,
+                  max_wait: float = 3600.0) -> BulkResult:
+        """Poll a started job until it ends; read the failed rows only when some failed (and the
+        unprocessed ones when the job did not complete).
+
+        Calls: the polls (+ ``failedResults`` when ``numberRecordsFailed`` > 0). The first poll waits
+        for an estimate of the processing time: the rows of this job and of the jobs closed before
+        it that are still running (the org may process them one after the other), at the rate
+        this connector's last job was processed (or ``bulk_rate`` set from an earlier run), or at
+        ``BULK_ROWS_PER_S`` when no job was seen; less the time since they were closed. A job
+        still in progress says how many rows it processed so far: the next polls wait for the rest
+        at the rate seen between polls (``_next_wait``)."""
+        path = f"jobs/ingest/{job.job_id}"
+        sobject, n = job.sobject, job.rows
+        try:
+            wait = poll(n) if poll else self._first_wait(job)
+            waited = 0.0
+            seen: tuple[float, int] | None = None  # (waited, processed) at the previous poll
+            while True:
+                self.sleep(wait)
+                waited += wait
+                info = self._raw("GET", path, f"bulk status {sobject}").json()
+                state = info.get("state")
+                if state in ("JobComplete", "Failed", "Aborted"):
+                    break
+                if waited >= max_wait:
+                    return BulkResult(job.job_id, state or "InProgress",
+                                      error=f"job {job.job_id} still {state} after {waited:.0f} s")
+                processed = int(info.get("numberRecordsProcessed") or 0)
+                wait = _next_wait(n, processed, waited, wait, seen)
+                seen = (waited, processed)
+        finally:
+            if job in self._inflight:
+                self._inflight.remove(job)
+        result = BulkResult(job.job_id, state, processed=int(info.get("numberRecordsProcessed") or 0),
                             error=info.get("errorMessage"))
         if state == "JobComplete" and result.processed:
+            since_close = max(time.monotonic() - job.closed_at, waited, 1e-3)
             busy = int(info.get("totalProcessingTime") or 0) / 1000.0
-            self.bulk_rate = result.processed / (busy if 0 < busy <= waited else waited)
+            self.bulk_rate = result.processed / (busy if 0 < busy <= since_close else since_close)
         if int(info.get("numberRecordsFailed") or 0):
             result.failed = _read_csv(self._raw("GET", f"{path}/failedResults/", f"bulk failed {sobject}").text)
         if state != "JobComplete":

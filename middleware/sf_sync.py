@@ -34,35 +34,44 @@ def _slim(describe: dict) -> dict:
 
 
 def describe_push_objects(source: Source, connector, *, refresh: bool = False) -> dict[str, dict | None]:
-    """Describes of the push objects, cached on the source for ``describe_ttl_seconds``."""
+    """Describes of the push objects, cached on the source for ``describe_ttl_seconds``.
+
+    The stale ones are fetched together: one ``composite`` request (one API call) when the
+    connector offers ``describe_many``, else one describe each."""
     ttl = int((source.config.get("push") or {}).get("describe_ttl_seconds", 3600))
     cache = dict(source.config.get("describe_cache") or {})
     now = utcnow()
     out: dict[str, dict | None] = {}
-    dirty = False
+    stale: list[str] = []
     for spec in push_objects(source.config).values():
         sobject = spec["object"]
         entry = cache.get(sobject)
         fresh = entry and not refresh and datetime.fromisoformat(entry["at"]) > now - timedelta(seconds=ttl)
         if fresh:
             out[sobject] = entry["describe"]
-            continue
-        try:
-            described = _slim(connector.describe(sobject))
-        except Exception as exc:
-            if getattr(exc, "status", None) == 404:
-                described = None
-            else:
-                raise
-        out[sobject] = described
-        cache[sobject] = {"at": now.isoformat(), "describe": described}
-        dirty = True
-    if dirty:
+        elif sobject not in stale:
+            stale.append(sobject)
+    if stale:
+        many = getattr(connector, "describe_many", None)
+        fetched = many(stale) if many is not None else {name: _describe_one(connector, name) for name in stale}
+        for sobject in stale:
+            described = fetched.get(sobject)
+            out[sobject] = None if described is None else _slim(described)
+            cache[sobject] = {"at": now.isoformat(), "describe": out[sobject]}
         config = dict(source.config)
         config["describe_cache"] = cache
         source.config = config
         Source.update(config=config).where(Source.id == source.id).execute()
     return out
+
+
+def _describe_one(connector, sobject: str) -> dict | None:
+    try:
+        return connector.describe(sobject)
+    except Exception as exc:
+        if getattr(exc, "status", None) == 404:
+            return None
+        raise
 
 
 def check(source: Source, connector, *, refresh: bool = True) -> list[Problem]:
