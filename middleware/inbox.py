@@ -54,6 +54,7 @@ __all__ = [
     "parse",
     "paused_customer_ids",
     "pending",
+    "reassign",
     "receive",
     "suggest",
     "suggestions_for",
@@ -859,6 +860,27 @@ def assign(message_id: int | str, customer: Customer | int, actor: str) -> Messa
         AuditLog.create(actor=actor, action="reply.assign", object_type="message", object_id=str(message.id),
                         after={"customer": customer.id, "status": status.value, "routed_to": routed_to})
     return message
+
+
+def reassign(message_id: int | str, to_email: str | None, actor: str) -> Message:
+    """Hand an inbound reply to another collector (``to_email``; None: the team queue) without
+    changing its customer or the customer's collector. It stays unhandled (the cadence stays
+    paused) until that person acts. Audited as ``reply.reassign``."""
+    message = _inbound(message_id)
+    if message.customer_id is None and to_email:
+        raise InboxError(f"message {message.id} is not matched to a customer: assign one first")
+    target = to_email.strip().lower() if to_email else None
+    if target and User.get_or_none(fn.LOWER(User.email) == target, User.active == True) is None:  # noqa: E712
+        raise InboxError(f"{to_email!r} is not an active user")
+    status = InboundStatus.ROUTED if target else InboundStatus.QUEUED
+    if message.status == InboundStatus.UNMATCHED.value and target is None:
+        status = InboundStatus.UNMATCHED
+    with database.atomic():
+        before = {"status": message.status, "routed_to": message.routed_to}
+        Message.update(status=status.value, routed_to=target).where(Message.id == message.id).execute()
+        AuditLog.create(actor=actor, action="reply.reassign", object_type="message", object_id=str(message.id),
+                        before=before, after={"status": status.value, "routed_to": target})
+    return Message.get_by_id(message.id)
 
 
 def pending(*, collector: str | None = None, queue: bool = False, unmatched: bool = False):
