@@ -98,7 +98,7 @@ def test_a_sample_fetched_by_a_job_shows_the_mapped_invoice(app, xero_source, sa
     truth = next(i for i in sandbox.book.invoices.values() if i.number == number)
     amount = re.search(r'data-testid="preview-amount">([^<]*)<', page).group(1)
     assert amount == format(truth.total, "f")
-    assert 'data-testid="preview-status">valid' in page
+    assert 'data-testid="preview-verdict">valid' in page
 
 
 def test_the_preview_follows_the_draft_and_names_bad_paths_and_transforms(app, xero_source):
