@@ -1,0 +1,238 @@
+"""The customers pages of the console: the list (search, filters, sort, paging, CSV/XLSX export of the
+filtered list), the customer page (both currencies, the timeline) and its actions, the invoice page."""
+from __future__ import annotations
+
+import csv
+import io
+import re
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+from openpyxl import load_workbook
+
+from console import create_app
+from middleware.models import (
+    Activity, AuditLog, Campaign, Company, Customer, CustomerTag, DunningAction, FxRate, Invoice, Message, Source, Tag,
+)
+from middleware.people import create_user, today
+
+PASSWORD = "correct horse battery"
+
+
+def _csrf(html: str) -> str:
+    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
+
+
+def _login(client, email):
+    token = _csrf(client.get("/login").get_data(as_text=True))
+    assert client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token}).status_code == 302
+    return client
+
+
+class Book:
+    def __init__(self):
+        self.source = Source.create(name="netsuite", kind="soap", config={})
+        self.n = 0
+        self.today = today()
+
+    def customer(self, name, *, currency="USD", collector=None, segment=None, email=None, **kw) -> Customer:
+        self.n += 1
+        return Customer.create(source=self.source, external_id=f"C{self.n}", number=f"CUST-{self.n:03d}", name=name,
+                               billing_currency=currency, collector=collector, segment=segment, content_hash="x" * 32,
+                               email=email, **kw)
+
+    def invoice(self, customer, amount, *, days_past_due=0, rate="1", open_amount=None, status="open",
+                number=None) -> Invoice:
+        self.n += 1
+        due = self.today - timedelta(days=days_past_due)
+        amount = Decimal(amount)
+        open_ = Decimal(open_amount) if open_amount is not None else (amount if status == "open" else Decimal(0))
+        rate = Decimal(rate)
+        return Invoice.create(
+            source=self.source, external_id=f"I{self.n}", number=number or f"INV-{self.n}", customer=customer,
+            customer_external_id=customer.external_id, currency=customer.billing_currency, amount=amount,
+            fx_rate=rate, fx_rate_date=due - timedelta(days=30), fx_rate_source="test", amount_reporting=amount * rate,
+            open_amount=open_, open_amount_reporting=(open_ * rate).quantize(Decimal("0.01")), revalued_at=self.today,
+            content_hash="x" * 32, issue_date=due - timedelta(days=30), due_date=due, status=status)
+
+
+@pytest.fixture
+def book(db, redis_url, settings):
+    Company.create(name="Acme Cloud", reporting_currency="USD")
+    for email, name, role in (("ada@example.com", "Ada Admin", "admin"), ("cora@example.com", "Cora Collector",
+                                                                         "collector"),
+                              ("vic@example.com", "Vic Viewer", "viewer")):
+        create_user(email, name, role, PASSWORD, actor="test")
+    b = Book()
+    FxRate.create(base_currency="USD", currency="EUR", rate_date=b.today - timedelta(days=400), rate=Decimal("1.10"),
+                  source_name="test")
+    b.globex = b.customer("Globex GmbH", currency="EUR", collector="cora@example.com", segment="enterprise",
+                          email="ap@globex.de")
+    b.initech = b.customer("Initech Inc.", collector="cora@example.com", segment="smb", email="billing@initech.com")
+    b.umbrella = b.customer("Umbrella Corp", segment="smb")
+    b.quiet = b.customer("Quiet Ltd")  # nothing open
+    b.g1 = b.invoice(b.globex, "1000.00", days_past_due=75, rate="1.10", number="G-1")  # 61-90
+    b.g2 = b.invoice(b.globex, "500.00", days_past_due=-10, rate="1.10", number="G-2")  # current
+    b.g3 = b.invoice(b.globex, "300.00", status="paid", number="G-3")
+    b.i1 = b.invoice(b.initech, "2500.00", days_past_due=10, number="I-1")  # 1-30
+    b.u1 = b.invoice(b.umbrella, "40.00", days_past_due=120, number="U-1")  # 91+
+    tag = Tag.create(name="strategic")
+    CustomerTag.create(customer=b.globex, tag=tag)
+    return b
+
+
+@pytest.fixture
+def client(book):
+    return _login(create_app().test_client(), "cora@example.com")
+
+
+def _names(html: str) -> list[str]:
+    return re.findall(r'data-customer-id="\d+">\s*<td><a href="[^"]+">([^<]+)</a>', html)
+
+
+def test_filters_return_the_right_customers(client, book):
+    """Each filter in the URL narrows the list to the customers it describes, and the count says how many."""
+    page = lambda qs: client.get("/customers/" + qs).get_data(as_text=True)  # noqa: E731
+    assert _names(page("")) == ["Globex GmbH", "Initech Inc.", "Quiet Ltd", "Umbrella Corp"]
+    assert _names(page("?collector=cora@example.com")) == ["Globex GmbH", "Initech Inc."]
+    assert _names(page("?collector=none")) == ["Quiet Ltd", "Umbrella Corp"]
+    assert _names(page("?segment=smb")) == ["Initech Inc.", "Umbrella Corp"]
+    assert _names(page("?currency=EUR")) == ["Globex GmbH"]
+    assert _names(page("?tag=strategic")) == ["Globex GmbH"]
+    assert _names(page("?q=initech")) == ["Initech Inc."]
+    assert _names(page("?q=CUST-003")) == ["Umbrella Corp"]
+    assert _names(page("?q=globex.de")) == ["Globex GmbH"]
+    # Globex overdue 1,100 USD (1,000 EUR at 1.10), Initech 2,500, Umbrella 40
+    assert _names(page("?overdue_min=1000")) == ["Globex GmbH", "Initech Inc."]
+    assert _names(page("?overdue_min=1000&overdue_max=2000")) == ["Globex GmbH"]
+    assert _names(page("?bucket=61-90")) == ["Globex GmbH"]
+    assert _names(page("?bucket=91%2B")) == ["Umbrella Corp"]
+    html = page("?collector=cora@example.com&overdue_min=1000&bucket=61-90&currency=EUR")
+    assert _names(html) == ["Globex GmbH"] and "1 match" in html
+    assert _names(page("?sort=overdue")) == ["Initech Inc.", "Globex GmbH", "Umbrella Corp", "Quiet Ltd"]
+    assert _names(page("?sort=oldest")) == ["Umbrella Corp", "Globex GmbH", "Initech Inc.", "Quiet Ltd"]
+    assert _names(page("?sort=open&dir=asc"))[:3] == ["Umbrella Corp", "Globex GmbH", "Initech Inc."]
+
+
+def test_status_and_campaign_filters(client, book):
+    """Paused, disputed and campaign filters list the customers in that state today."""
+    Customer.update(paused_until=book.today + timedelta(days=3)).where(Customer.id == book.initech.id).execute()
+    Activity.create(customer=book.umbrella, invoice=book.u1, kind="dispute", body="wrong price")
+    camp = Campaign.create(name="Strict")
+    DunningAction.create(key="k1", customer=book.globex, campaign=camp, planned_for=book.today, status="sent")
+    page = lambda qs: _names(client.get("/customers/" + qs).get_data(as_text=True))  # noqa: E731
+    assert page("?status=paused") == ["Initech Inc."]
+    assert page("?status=active") == ["Globex GmbH", "Quiet Ltd", "Umbrella Corp"]
+    assert page("?status=disputed") == ["Umbrella Corp"]
+    assert page(f"?campaign={camp.id}") == ["Globex GmbH"]
+    assert "Strict" in client.get("/customers/?q=globex").get_data(as_text=True)
+
+
+def test_paging_walks_every_customer_once(client, book):
+    """With 25 per page, 30 customers take two pages, the second holding the last five, in name order."""
+    for n in range(26):
+        book.customer(f"Zeta {n:02d}")
+    first = client.get("/customers/?per_page=25").get_data(as_text=True)
+    second = client.get("/customers/?per_page=25&page=2").get_data(as_text=True)
+    assert "Page 1 of 2" in first and "Page 2 of 2" in second
+    names = _names(first) + _names(second)
+    assert len(names) == 30 and len(set(names)) == 30 and names == sorted(names)
+    # by amount, customers with nothing open follow on the later page
+    by_amount = _names(client.get("/customers/?per_page=25&sort=overdue&page=2").get_data(as_text=True))
+    assert len(by_amount) == 5 and all(n.startswith("Zeta") for n in by_amount)
+
+
+def test_csv_and_xlsx_export_the_filtered_list(client, book):
+    """The exports hold the filtered customers only, with the figures of the list."""
+    resp = client.get("/customers/export.csv?collector=cora@example.com&sort=overdue")
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert [r["name"] for r in rows] == ["Initech Inc.", "Globex GmbH"]
+    assert rows[1]["overdue_reporting"] == "1100.00" and rows[1]["billing_currency"] == "EUR"
+    assert rows[1]["oldest_overdue_days"] == "75" and rows[1]["tags"] == "strategic"
+    assert rows[0]["collector"] == "cora@example.com" and rows[0]["erp_number"] == "CUST-002"
+    resp = client.get("/customers/export.xlsx?segment=smb")
+    assert resp.status_code == 200
+    ws = load_workbook(io.BytesIO(resp.data)).active
+    values = list(ws.values)
+    header = values[0]
+    got = [dict(zip(header, v)) for v in values[1:]]
+    assert [r["name"] for r in got] == ["Initech Inc.", "Umbrella Corp"]
+    assert got[1]["overdue_reporting"] == 40 and got[1]["collector"] == "team queue"
+
+
+def test_customer_page_shows_both_currencies_and_the_timeline(client, book):
+    """Billing and reporting amounts side by side, the rate, the aging, and one timeline of actions,
+    messages and activities with the skip reason."""
+    camp = Campaign.create(name="Default")
+    DunningAction.create(key="k2", customer=book.globex, campaign=camp, planned_for=book.today, status="skipped",
+                         reason="promise to pay by 2030-01-01", invoice_ids=[book.g1.id])
+    Message.create(direction="in", customer=book.globex, message_id="m1@x", subject="Re: your invoice G-1",
+                   from_address="ap@globex.de", body_text="We will pay next week",
+                   at=datetime.now(timezone.utc) - timedelta(days=2))
+    Activity.create(customer=book.globex, kind="note", body="Called the AP team", actor="cora@example.com")
+    html = client.get(f"/customers/{book.globex.id}").get_data(as_text=True)
+    assert "€1,500.00" in html and "$1,650.00" in html  # open: billing EUR and reporting USD
+    assert "$1,100.00" in html and "1.1 on" in html  # overdue in USD, the rate
+    assert "promise to pay by 2030-01-01" in html and "Re: your invoice G-1" in html and "Called the AP team" in html
+    assert html.index("Called the AP team") < html.index("Re: your invoice G-1")  # newest first
+    assert "strategic" in html and "cora@example.com" in html and "G-3" in html
+
+
+def test_each_action_changes_what_the_page_shows(client, book, redis_url):
+    """Note, pause, resume, promise, dispute, resolve, collector change and statement: after each, the page
+    (or the queue) shows it, and the change is recorded."""
+    url = f"/customers/{book.initech.id}"
+    post = lambda action, **data: client.post(f"{url}/act/{action}", data={  # noqa: E731
+        "csrf_token": _csrf(client.get(url).get_data(as_text=True)), **data})
+    assert post("note", body="Left a voicemail").status_code == 302
+    assert "Left a voicemail" in client.get(url).get_data(as_text=True)
+    until = (book.today + timedelta(days=7)).isoformat()
+    post("pause", until=until, reason="CFO on holiday")
+    html = client.get(url).get_data(as_text=True)
+    assert "dunning paused until" in html and "CFO on holiday" in html
+    assert Customer.get_by_id(book.initech.id).paused_until.isoformat() == until
+    post("resume")
+    assert Customer.get_by_id(book.initech.id).paused_until is None
+    assert "Resume dunning" not in client.get(url).get_data(as_text=True)
+    post("promise", until=until, amount="1200", invoice_id=str(book.i1.id))
+    html = client.get(url).get_data(as_text=True)
+    assert f"Promise to pay until {until}" in html and "amount 1200" in html
+    post("dispute", invoice_id=str(book.i1.id), reason="wrong quantity")
+    dispute = Activity.get(Activity.kind == "dispute", Activity.customer == book.initech.id)
+    assert "wrong quantity" in client.get(url).get_data(as_text=True)
+    assert _names(client.get("/customers/?status=disputed").get_data(as_text=True)) == ["Initech Inc."]
+    post("resolve", activity_id=str(dispute.id))
+    assert Activity.get_by_id(dispute.id).resolved_at is not None
+    post("collector", collector="ada@example.com")
+    assert Customer.get_by_id(book.initech.id).collector == "ada@example.com"
+    assert AuditLog.select().where(AuditLog.action == "collector.assign").count() == 1
+    post("statement")
+    from jobs.queues import get_queue
+
+    queue = get_queue("statements")
+    assert any(j.func_name == "jobs.statements.render_statement" and j.args[0] == book.initech.id for j in queue.jobs)
+    assert "statement as of" in client.get(url).get_data(as_text=True)
+
+
+def test_a_viewer_gets_403_on_actions_and_sees_no_forms(book):
+    """A viewer can read the customer page but every action answers 403 and changes nothing."""
+    viewer = _login(create_app().test_client(), "vic@example.com")
+    url = f"/customers/{book.globex.id}"
+    html = viewer.get(url).get_data(as_text=True)
+    assert "Globex GmbH" in html and "Add note" not in html
+    token = _csrf(html)
+    for action in ("note", "pause", "promise", "dispute", "collector", "statement", "resume"):
+        resp = viewer.post(f"{url}/act/{action}", data={"csrf_token": token, "body": "x", "until": "2030-01-01",
+                                                        "invoice_id": str(book.g1.id)})
+        assert resp.status_code == 403
+    assert Activity.select().count() == 0 and Customer.get_by_id(book.globex.id).paused_until is None
+
+
+def test_invoice_page_shows_amounts_rate_applications_and_links_back(client, book):
+    """The invoice page shows billing and reporting amounts, the invoice's rate and date, and links to its customer."""
+    html = client.get(f"/customers/invoice/{book.g1.id}").get_data(as_text=True)
+    assert "€1,000.00" in html and "$1,100.00" in html and "1.1 on" in html
+    assert f'href="/customers/{book.globex.id}"' in html
+    assert client.get("/customers/invoice/999999").status_code == 404
