@@ -11,6 +11,9 @@ Public API
 ``customer_snapshots(customer_ids, *, as_of, reporting_currency, edges, period_days)``
     ``{customer id: CustomerAR}`` for many customers at once (the Salesforce write-back):
     open, overdue, buckets, unapplied credits, balance, last payment, ADD, as of D.
+``customer_fingerprints(customer_ids=None)``
+    ``{customer id: digest}`` of the stored rows a customer's snapshot is computed from (FX rates
+    aside): unchanged digest, same date, same rates → same snapshot (the push skips it).
 ``portfolio(as_of, *, reporting_currency, period_days=90, edges=DEFAULT_EDGES)``
     :class:`ARMetrics` for the whole store: totals and buckets in the reporting currency, a
     breakdown per billing currency, net credit sales, DSO (standard and countback), BPDSO, ADD,
@@ -60,6 +63,7 @@ and rounded in Python. Credits unapplied on D, sales per day and days to pay are
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -855,3 +859,34 @@ def _net_sales(get, ids: Sequence[int] | None, as_of: date, period_days: int) ->
             sales[cid] += sign * _money(amount)
     for cid, amount in sales.items():
         get(cid).net_sales_reporting = amount
+
+
+def customer_fingerprints(customer_ids: Iterable[int] | None = None) -> dict[int, str]:
+    """``{customer id: digest}`` of the stored rows :func:`customer_snapshots` computes a customer's
+    figures from, other than FX rates: its invoices, payments and credit memos (how many, which,
+    when each was last written or deleted) and the applications to its invoices (which, how much,
+    dated when). A digest that did not change means none of those rows did, so the customer's
+    snapshot on the same date, with the same rates, is the same (the Salesforce push skips it).
+
+    Every write of the sync stamps ``updated_at`` (a deletion ``deleted_at``); the amounts it derives
+    without a stamp (open amounts, revaluations) follow from applications, which are summed here,
+    or from rates, which the caller fingerprints (:meth:`RateBook.fingerprint`). A document moving
+    to another customer changes both customers' digests. One grouped statement per table; only
+    customers with at least one such row are in the result."""
+    ids = _norm_ids(customer_ids)
+    parts: dict[int, list[str]] = defaultdict(list)
+    stamp = ("SUM(EXTRACT(EPOCH FROM {0}))" if is_postgres()
+             else "SUM(CAST(ROUND((julianday({0}) - 2460000) * 86400000) AS INTEGER))")  # exact sums
+    for table in ("invoice", "payment", "credit_memo"):
+        sql = (f"SELECT customer_id, COUNT(*), SUM(id), MAX(updated_at), {stamp.format('updated_at')}, "
+               f"COUNT(deleted_at), MAX(deleted_at), {stamp.format('deleted_at')} FROM {table} "
+               f"WHERE customer_id IS NOT NULL{{filter}} GROUP BY customer_id")
+        for cid, *figures in _rows(sql, (), (), ids, "customer_id"):
+            parts[cid].append(f"{table}:{figures}")
+    day = _days('a."date"', "'2000-01-01'")
+    sql = (f"SELECT i.customer_id, COUNT(*), SUM(a.id), SUM({_u('a.amount')}), SUM({day}), MAX(a.\"date\") "
+           f"FROM application a JOIN invoice i ON i.id = a.invoice_id WHERE i.customer_id IS NOT NULL{{filter}} "
+           f"GROUP BY i.customer_id")
+    for cid, *figures in _rows(sql, (), (), ids, "i.customer_id"):
+        parts[cid].append(f"applied:{figures}")
+    return {cid: hashlib.md5("|".join(items).encode()).hexdigest() for cid, items in parts.items()}

@@ -8,6 +8,7 @@ listed until a rate arrives (``reconvert``).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import csv
 import io
 from dataclasses import dataclass
@@ -70,6 +71,15 @@ class RateBook:
             return None
         rate, source = series[1][pos]
         return rate, series[0][pos], source
+
+    def fingerprint(self) -> str:
+        """A digest of every rate in the book (currency, date, rate): equal digests, equal conversions."""
+        digest = hashlib.md5(self.reporting.encode())
+        for currency in sorted(self._series):
+            days, values = self._series[currency]
+            digest.update(f"|{currency}:".encode())
+            digest.update(";".join(f"{day}={rate}" for day, (rate, _) in zip(days, values)).encode())
+        return digest.hexdigest()
 
     def latest_date(self, currency: str) -> date | None:
         series = self._series.get(currency)

@@ -12,8 +12,8 @@ from decimal import Decimal
 from click.testing import CliRunner
 
 from jobs.cli import main
-from middleware.ar import (bucket_labels, countback, customer_metrics, customer_snapshots, invoice_aging,
-                           portfolio, trend)
+from middleware.ar import (bucket_labels, countback, customer_fingerprints, customer_metrics, customer_snapshots,
+                           invoice_aging, portfolio, trend)
 from middleware.fx import round_money
 from middleware.models import Application, CreditMemo, Customer, FxRate, Invoice, Payment, Source
 
@@ -363,3 +363,39 @@ def test_cli_ar_report_prints_the_figures_and_the_currency_breakdown(db, setting
     assert D(data["by_currency"]["EUR"]["buckets"][4]) == D(1000)  # 120 days past due: 91+
     assert D(data["by_currency"]["USD"]["open"]) == D(12000)
     assert [g["kind"] for g in data["fx_missing"]] == ["opening"]
+
+
+def test_customer_fingerprints_follow_every_input_of_the_snapshot(db):
+    """The digest of a customer's documents changes when one of its invoices is written again, when
+    another customer's payment is applied to its invoice, when an invoice moves to another customer
+    (both digests change) and when a payment is deleted; it stays when nothing of the customer's
+    changed, whatever happens to other customers."""
+    from middleware.models import utcnow
+
+    book = Book()
+    a, b, c = book.customer("A"), book.customer("B"), book.customer("C")
+    inv_a = book.invoice(a, 1000, date(2026, 1, 1), date(2026, 1, 31))
+    inv_b = book.invoice(b, 500, date(2026, 1, 5), date(2026, 2, 4))
+    book.invoice(c, 700, date(2026, 1, 5), date(2026, 2, 4))
+    start = customer_fingerprints()
+    assert set(start) == {a.id, b.id, c.id} and customer_fingerprints([a.id]) == {a.id: start[a.id]}
+
+    Invoice.update(po_number="PO-9", updated_at=utcnow()).where(Invoice.id == inv_a.id).execute()
+    after_write = customer_fingerprints()
+    assert after_write[a.id] != start[a.id] and after_write[b.id] == start[b.id]
+
+    payment = book.pay(b, 200, date(2026, 2, 1), (inv_a, 200))  # B pays part of A's invoice
+    after_payment = customer_fingerprints()
+    assert after_payment[a.id] != after_write[a.id] and after_payment[b.id] != after_write[b.id]
+    assert after_payment[c.id] == start[c.id]
+
+    Application.update(amount=D(150)).where(Application.doc_external_id == payment.external_id).execute()
+    assert customer_fingerprints()[a.id] != after_payment[a.id], "a changed application amount"
+
+    before_move = customer_fingerprints()
+    Invoice.update(customer=c.id, updated_at=utcnow()).where(Invoice.id == inv_b.id).execute()
+    moved = customer_fingerprints()
+    assert moved[b.id] != before_move[b.id] and moved[c.id] != before_move[c.id]
+
+    Payment.update(deleted_at=utcnow()).where(Payment.id == payment.id).execute()
+    assert customer_fingerprints()[b.id] != moved[b.id]

@@ -30,6 +30,21 @@ def test_the_rate_for_a_date_is_the_nearest_earlier_one():
     assert rates.latest_date("EUR") == date(2026, 11, 20)
 
 
+def test_the_fingerprint_changes_with_any_rate_and_only_then():
+    """Two books with the same rates (in any order, from any source) share a fingerprint; a changed or
+    added rate changes it."""
+    same = RateBook("USD", [("JPY", date(2026, 11, 2), D("0.0067"), "csv"),
+                            ("EUR", date(2026, 11, 20), D("1.05"), "ecb"), ("EUR", date(2026, 11, 2), D("1.10"), "ecb"),
+                            ("EUR", date(2026, 11, 10), D("1.08"), "ecb")])
+    assert same.fingerprint() == book().fingerprint()
+    moved = RateBook("USD", [("EUR", date(2026, 11, 2), D("1.10"), "ecb"), ("EUR", date(2026, 11, 20), D("1.06"), "ecb"),
+                             ("EUR", date(2026, 11, 10), D("1.08"), "csv"), ("JPY", date(2026, 11, 2), D("0.0067"), "ecb")])
+    assert moved.fingerprint() != book().fingerprint()
+    added = RateBook("USD", [*[("EUR", d, r, s) for d, (r, s) in zip(*book()._series["EUR"])],
+                             ("JPY", date(2026, 11, 2), D("0.0067"), "ecb"), ("JPY", date(2026, 11, 3), D("0.0068"), "ecb")])
+    assert added.fingerprint() != book().fingerprint()
+
+
 def test_a_missing_rate_is_none_never_one():
     """No rate for the currency, or none yet on that date, gives None: the amount is not converted at 1."""
     rates = book()
