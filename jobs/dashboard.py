@@ -33,7 +33,7 @@ __all__ = ["INLINE_MAX_INVOICES", "MAX_AGE_SECONDS", "cache_key", "compute_figur
 MAX_AGE_SECONDS = 10 * 60  # figures older than this are recomputed even without a sync
 KEEP_SECONDS = 2 * 24 * 3600  # how long Redis keeps figures (stale ones are shown while refreshing)
 LOCK_SECONDS = 15 * 60  # one refresh at a time per key; a crashed one frees the lock after this
-INLINE_MAX_INVOICES = 20_000  # up to this many invoices the request computes the figures itself
+INLINE_MAX_INVOICES = 10_000  # up to this many invoices the request computes the figures itself
 TOP_ACCOUNTS = 10
 TREND_POINTS, TREND_STEP_DAYS = 12, 30
 
