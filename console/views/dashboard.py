@@ -121,17 +121,13 @@ def trend_lines(points: list[dict], keys=("dso", "add"), width: int = 560, heigh
 
 def sync_health() -> list[dict]:
     """The last run of every source (one indexed query per source: a deployment has a handful)."""
-    from middleware.models import RejectedRecord, Source, SyncRun
+    from middleware.models import Source, SyncRun
 
     out = []
     for source in Source.select().order_by(Source.name):
         run = (SyncRun.select().where(SyncRun.source == source)
                .order_by(SyncRun.started_at.desc()).limit(1).first())
-        unresolved = 0
-        if run is not None and run.rejected:
-            unresolved = RejectedRecord.select().where((RejectedRecord.run == run)
-                                                       & RejectedRecord.resolved_at.is_null()).count()
-        out.append({"source": source, "run": run, "unresolved": unresolved})
+        out.append({"source": source, "run": run})
     return out
 
 

@@ -85,13 +85,17 @@ def book(db):
 
 
 def test_dashboard_shows_totals_aging_and_top_overdue_with_links(app, book):
-    """Open, overdue and current AR in USD, one aging bar per bucket linking to its customers, and the
-    overdue accounts largest first, each figure linking to the customers list behind it."""
+    """Open, overdue and current AR in USD, DSO and ADD with their trend, one aging bar per bucket linking
+    to its customers, and the overdue accounts largest first, each figure linking to the list behind it."""
     html = _login(app.test_client(), "vic@example.com").get("/").get_data(as_text=True)
     assert re.search(r'data-testid="total-open">.*?\$1,850\.00', html, re.S)
     assert re.search(r'data-testid="total-overdue">.*?\$850\.00', html, re.S)
     assert re.search(r'data-testid="total-current">.*?\$1,000\.00', html, re.S)
     assert 'href="/customers/?status=overdue&amp;sort=-overdue" data-testid="total-overdue"' in html
+    # 90 days of sales: the 1,000 and 500 invoices (issued 20 and 75 days ago); DSO = 1,850 / 1,500 × 90
+    assert re.search(r'data-testid="dso">.*?111\.0 d.*?best possible 60\.0 d', html, re.S)
+    assert re.search(r'data-testid="add">.*?51\.0 d', html, re.S)
+    assert html.count("<polyline") >= 2  # the DSO and ADD trend lines
     for label in ("current", "1-30", "31-60", "61-90", "91%2B"):
         assert f'href="/customers/?bucket={label}"' in html
     bar = re.search(r'data-testid="aging-bar-61-90".*?</a>', html, re.S).group(0)
