@@ -841,9 +841,12 @@ def reset(customer_id: int, actor: str) -> Customer:
 
 def _account_names(sf_ids: Iterable[str]) -> dict[str, str]:
     names: dict[str, str] = {}
+    # the source condition lets the (source, sf_id) index serve the lookup instead of a scan of every Account
+    sf_sources = Source.select(Source.id).where(Source.kind == "salesforce")
     for batch in chunked(sorted(set(sf_ids)), 500):
         for sf_id, name, deleted in (SfAccount.select(SfAccount.sf_id, SfAccount.name, SfAccount.is_deleted)
-                                     .where(SfAccount.sf_id.in_(batch)).order_by(SfAccount.is_deleted.desc())
+                                     .where(SfAccount.source.in_(sf_sources), SfAccount.sf_id.in_(batch))
+                                     .order_by(SfAccount.is_deleted.desc())
                                      .tuples()):
             names[sf_id] = name  # a live Account's name wins over a deleted one's
     return names
@@ -856,14 +859,33 @@ def _candidate_dicts(rows, names) -> list[dict]:
 
 
 def review_queue(limit: int = 50, offset: int = 0) -> list[dict]:
-    """Customers waiting in review, best candidate score first, each with its candidates best first."""
-    best = fn.MAX(MatchCandidate.score)
-    page = list(Customer.select(Customer.id, Customer.name, Customer.number, best.alias("best"))
-                .join(MatchCandidate, on=(MatchCandidate.customer == Customer.id))
-                .where(Customer.match_state == REVIEW, Customer.deleted_at.is_null(),
-                       MatchCandidate.status == PENDING)
-                .group_by(Customer.id, Customer.name, Customer.number)
-                .order_by(best.desc(), Customer.id).limit(limit).offset(offset).tuples())
+    """Customers waiting in review, best candidate score first, each with its candidates best first.
+
+    The pending candidates are read best first along the ``(status, score)`` index and stop once the
+    page is full: a customer first appears at its best score, so the order is (best desc, id), and a
+    page costs the candidates of the customers up to it, not a GROUP BY over the whole queue."""
+    page: list[tuple] = []
+    seen: set[int] = set()
+    stream = (MatchCandidate.select(Customer.id, Customer.name, Customer.number, MatchCandidate.score)
+              .join(Customer, on=(MatchCandidate.customer == Customer.id))
+              .where(MatchCandidate.status == PENDING, Customer.match_state == REVIEW,
+                     Customer.deleted_at.is_null())
+              .order_by(MatchCandidate.score.desc(), Customer.id).tuples())
+    batch, start = max(4 * (offset + limit), 200), 0
+    while len(page) < limit:
+        rows_read = 0
+        for cid, name, number, score in stream.limit(batch).offset(start):
+            rows_read += 1
+            if cid in seen:
+                continue
+            seen.add(cid)
+            if len(seen) > offset:
+                page.append((cid, name, number, score))
+                if len(page) == limit:
+                    break
+        if rows_read < batch:
+            break
+        start, batch = start + batch, batch * 2
     if not page:
         return []
     rows: dict[int, list[MatchCandidate]] = {}

@@ -20,7 +20,7 @@ from flask_login import current_user
 from console.auth import can
 from console.views.base import SecureView
 from middleware import matching
-from middleware.models import Customer, MatchState, SfAccount
+from middleware.models import Customer, MatchState, SfAccount, Source
 
 MENU_ORDER = 65
 PAGE_SIZE = 25
@@ -48,10 +48,16 @@ def _account_names(sf_ids) -> dict[str, str]:
     if not ids:
         return {}
     names = {}
-    for sf_id, name in (SfAccount.select(SfAccount.sf_id, SfAccount.name).where(SfAccount.sf_id.in_(ids))
+    for sf_id, name in (SfAccount.select(SfAccount.sf_id, SfAccount.name)
+                        .where(SfAccount.source.in_(_sf_sources()), SfAccount.sf_id.in_(ids))
                         .order_by(SfAccount.is_deleted.desc()).tuples()):
         names[sf_id] = name
     return names
+
+
+def _sf_sources():
+    """The Salesforce sources: with it, an Account lookup by Id uses the (source, sf_id) index."""
+    return Source.select(Source.id).where(Source.kind == "salesforce")
 
 
 def _state_filter(states: tuple):
@@ -114,7 +120,8 @@ class MatchingView(SecureView):
                 query = query.where(SfAccount.name_key >= key, SfAccount.name_key < key + "\uffff")
             found = list(query.where(SfAccount.is_deleted == False)  # noqa: E712
                          .order_by(SfAccount.name_key).limit(20).dicts())
-            exact = SfAccount.get_or_none(SfAccount.sf_id == search, SfAccount.is_deleted == False)  # noqa: E712
+            exact = SfAccount.get_or_none(SfAccount.source.in_(_sf_sources()), SfAccount.sf_id == search,
+                                          SfAccount.is_deleted == False)  # noqa: E712
             if exact is not None and all(f["sf_id"] != exact.sf_id for f in found):
                 found.insert(0, {"sf_id": exact.sf_id, "name": exact.name, "country": exact.country,
                                  "domain": exact.domain})
