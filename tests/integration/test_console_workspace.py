@@ -319,16 +319,20 @@ def test_the_cover_sees_the_away_colleagues_work_until_the_date_and_not_after(wo
 
 
 def test_a_collector_sets_only_their_own_absence(world):
-    """Bob may say he is away; setting Dana away needs an admin (403)."""
+    """Bob may say he is away (and come back early); setting Dana away needs an admin (403)."""
     w = world
     bob = _client(w.app, "bob@example.com")
     until = (w.today + timedelta(days=3)).isoformat()
     bob.post("/workspace/away", data={"csrf_token": bob.token, "email": "bob@example.com", "until": until,
                                       "cover": "carl@example.com"})
     assert queries.scope_for("carl@example.com", w.today).emails == ["carl@example.com", "bob@example.com"]
+    absences = bob.get("/workspace/away").get_data(as_text=True)
+    assert "bob@example.com" in absences and until in absences and "Back now" in absences
     resp = bob.post("/workspace/away", data={"csrf_token": bob.token, "email": "dana@example.com", "until": until,
                                              "cover": "carl@example.com"})
     assert resp.status_code == 403
+    bob.post("/workspace/away", data={"csrf_token": bob.token, "email": "bob@example.com", "back": "1"})
+    assert queries.scope_for("carl@example.com", w.today).emails == ["carl@example.com"]
 
 
 # ------------------------------------------------------------------------------- bulk reassignment

@@ -27,7 +27,7 @@ from middleware.models import (
     ActionStatus, Customer, DunningAction, Invoice, Message, Role, User, UTC, utcnow,
 )
 
-MENU_ORDER = 20
+MENU_ORDER = 15  # after the dashboard: a collector's day starts here
 PAGE_SIZE = 50
 
 
