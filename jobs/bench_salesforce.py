@@ -233,7 +233,7 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
                                 public_url=ctx.settings.public_url,
                                 describes=describe_push_objects(source, connector))
                 t0 = time.perf_counter()
-                built = pusher.build()
+                built = pusher.build(full=True)  # every payload (an incremental build skips unchanged summaries)
                 build_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 for items in built.values():

@@ -3,9 +3,11 @@
 For each linked customer an ``AR_Summary__c`` payload and, for each of its open invoices, an
 ``AR_Invoice__c`` payload are built from the store (:mod:`middleware.ar`) through the push
 mapping. A payload is sent only when its hash differs from the last one Salesforce
-acknowledged (``SfPushState.acked_hash``). Above ``bulk_threshold`` changed records of an
-object go in one Bulk API 2.0 job, below it in sObject Collections of 200. An invoice that
-closes is sent once more (status Paid or Void, nothing open) and then forgotten.
+acknowledged (``SfPushState.acked_hash``). A summary's costly figures are computed only for
+customers whose inputs changed since (``build``): its acknowledged hash carries a digest of them.
+Above ``bulk_threshold`` changed records of an object go in one Bulk API 2.0 job, below it in
+sObject Collections of 200; the jobs of both objects are started before either is waited for.
+An invoice that closes is sent once more (status Paid or Void, nothing open) and then forgotten.
 
 Budget: before every call the remaining daily API budget (from ``Sforce-Limit-Info``) is
 compared with the configured reserve; the push stops before crossing it and the rest goes
@@ -23,9 +25,10 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, Callable, Iterable, Protocol
 
-from .ar import customer_snapshots
-from .bulk import placeholders, to_decimal, upsert
+from .ar import customer_fingerprints, customer_snapshots
+from .bulk import placeholders, to_decimal, update_many, upsert
 from .db import database
+from .fx import RateBook
 from .models import Customer, CustomerTag, Invoice, SfPushState, Source, Tag, utcnow
 from .sf_schema import push_objects, sf_value
 
@@ -34,6 +37,10 @@ UTC = timezone.utc
 ZERO = Decimal(0)
 SKIP_IN_HASH = {"synced_at"}
 BULK_CALLS = 5  # create, upload, close, one poll, failed results
+PENDING_BULK_CALLS = 2  # a started job's poll and failed results, not yet spent
+#: Part of every summary's input digest: bump it when the way a summary is computed from its inputs
+#: changes (new fields, other figures), so every summary is rebuilt and compared once.
+SUMMARY_VERSION = 1
 
 
 class BudgetExhausted(RuntimeError):
@@ -49,12 +56,14 @@ class PushPort(Protocol):
     def api_remaining(self) -> int | None: ...
     def upsert_collection(self, sobject: str, external_id: str, records: list[dict], *,
                           all_or_none: bool = False) -> list[dict]: ...
-    def bulk_upsert(self, sobject: str, external_id: str, columns: list[str], rows: list[dict], **kw) -> Any: ...
+    def bulk_start(self, sobject: str, external_id: str, columns: list[str], rows: list[dict]) -> Any: ...
+    def bulk_wait(self, job: Any) -> Any: ...
 
 
 @dataclass
 class PushStats:
-    candidates: int = 0  # payloads built
+    candidates: int = 0  # records that could be sent (summaries: every linked customer)
+    rebuilt: int = 0  # payloads built (summaries: customers whose inputs changed; all on --full)
     changed: int = 0  # differing from what Salesforce acknowledged
     sent: int = 0
     acknowledged: int = 0
@@ -94,6 +103,12 @@ class Pusher:
         self.reserve = int(self.config.get("budget_reserve", 5000))
         self.progress = progress or (lambda name, done, total: None)
         self.stopped: str | None = None
+        self.inputs: dict[str, str] = {}  # summary key → input digest (build)
+        self.summary_candidates = 0
+        self._acked_cache: dict[str, dict] = {}
+        known_rate = source.config.get("bulk_rows_per_s")
+        if known_rate and getattr(connector, "bulk_rate", 0) is None:
+            connector.bulk_rate = float(known_rate)  # the first poll of this run's first job waits for it
 
     # ----------------------------------------------------------------- budget
     def _affordable(self, calls: int) -> bool:
@@ -107,23 +122,61 @@ class Pusher:
         return True
 
     # ----------------------------------------------------------------- payloads
+    def _acked(self, sobject: str) -> dict[str, tuple[str | None, str | None]]:
+        """record key → (acknowledged hash, Salesforce id) for one object (read once per push)."""
+        if sobject not in self._acked_cache:
+            self._acked_cache[sobject] = {
+                k: (h, sid) for k, h, sid in SfPushState.select(SfPushState.record_key, SfPushState.acked_hash,
+                                                                SfPushState.sf_id)
+                .where(SfPushState.source == self.source.id, SfPushState.object_name == sobject).tuples().iterator()}
+        return self._acked_cache[sobject]
+
+    def _summary_object(self) -> str:
+        return (self.objects.get("summary") or {}).get("object", "AR_Summary__c")
+
     def build(self, full: bool = False) -> dict[str, list[tuple[str, int | None, dict]]]:
-        """``{"summary": [(key, customer id, canonical payload)], "invoice": [...]}``."""
+        """``{"summary": [(key, customer id, canonical payload)], "invoice": [...]}``.
+
+        Summaries: with ``full`` every linked customer's; otherwise only those of customers whose
+        inputs changed since Salesforce acknowledged their summary. A customer's input digest
+        (``self.inputs``) covers the date, the settings, every FX rate, the customer's own fields and
+        tags, and :func:`~middleware.ar.customer_fingerprints` (its documents and applications); it is
+        stored beside the payload hash when Salesforce acknowledges the summary. An unchanged digest
+        gives the same payload, so the costly figures (:func:`~middleware.ar.customer_snapshots`)
+        are computed only for the others, and their payload hash still decides what is sent."""
         customers = list(Customer.select(Customer.id, Customer.external_id, Customer.name, Customer.sf_account_id,
                                          Customer.billing_currency, Customer.collector, Customer.paused_until,
-                                         Customer.paused_reason, Customer.source)
-                         .where(Customer.sf_account_id.is_null(False), Customer.deleted_at.is_null()))
+                                         Customer.paused_reason, Customer.source.alias("source_id"))
+                         .where(Customer.sf_account_id.is_null(False), Customer.deleted_at.is_null())
+                         .namedtuples().iterator())
         names = {s.id: s.name for s in Source.select(Source.id, Source.name)}
-        snaps = customer_snapshots([c.id for c in customers], as_of=self.as_of, reporting_currency=self.reporting,
-                                   edges=tuple(self.config.get("aging_edges", (30, 60, 90))),
-                                   period_days=int(self.config.get("add_period_days", 90)))
         tags: dict[int, list[str]] = {}
         for cid, name in (CustomerTag.select(CustomerTag.customer, Tag.name).join(Tag).tuples().iterator()):
             tags.setdefault(cid, []).append(name)
-        summaries, keys_by_customer = [], {}
+        book = RateBook.load(self.reporting)
+        edges = tuple(self.config.get("aging_edges", (30, 60, 90)))
+        period_days = int(self.config.get("add_period_days", 90))
+        settings = hashlib.md5(json.dumps(
+            [SUMMARY_VERSION, self.as_of, self.reporting, self.public_url, edges, period_days, book.fingerprint()],
+            default=str).encode()).hexdigest()
+        documents = customer_fingerprints()
+        acked = self._acked(self._summary_object())
+        self.inputs = {}
+        todo, keys_by_customer = [], {}
         for c in customers:
             key = customer_key(names[c.source_id], c.external_id)
             keys_by_customer[c.id] = (key, c.sf_account_id)
+            own = (settings, key, c.id, c.name, c.sf_account_id, c.billing_currency, c.collector, c.paused_until,
+                   c.paused_reason, sorted(tags.get(c.id, [])), documents.get(c.id))
+            digest = hashlib.md5("\x1f".join(map(repr, own)).encode()).hexdigest()[:16]
+            self.inputs[key] = digest
+            if full or (acked.get(key, (None,))[0] or "")[16:] != digest:
+                todo.append((key, c))
+        self.summary_candidates = len(customers)
+        snaps = customer_snapshots([c.id for _, c in todo], as_of=self.as_of, reporting_currency=self.reporting,
+                                   edges=edges, period_days=period_days, book=book) if todo else {}
+        summaries = []
+        for key, c in todo:
             snap = snaps.get(c.id)
             paused = bool(c.paused_until and c.paused_until >= self.as_of)
             buckets = snap.buckets if snap else [ZERO] * 5
@@ -202,17 +255,42 @@ class Pusher:
 
     # ----------------------------------------------------------------- push
     def push(self, full: bool = False) -> dict[str, PushStats]:
+        """Send what changed. Summaries and invoices are compared with what Salesforce acknowledged
+        first; a Bulk job is started (created, uploaded, closed) and left to process while the
+        other object is sent, and only then waited for: two jobs process together, and the
+        first poll of each usually finds it done."""
+        self._acked_cache = {}
         built = self.build(full)
         result: dict[str, PushStats] = {}
+        plans = []
         for role in ("summary", "invoice"):
             spec = self.objects.get(role)
             if not spec:
                 continue
-            stats = result[role] = PushStats(candidates=len(built.get(role, [])))
-            if self.stopped:
-                stats.deferred = stats.candidates
-                continue
-            self._push_object(role, spec, built.get(role, []), stats, full)
+            items = built.get(role, [])
+            stats = result[role] = PushStats(candidates=self.summary_candidates if role == "summary" else len(items),
+                                             rebuilt=len(items))
+            plans.append((spec, self._changed(role, spec, items, stats, full), stats))
+        started: list = []
+        try:
+            for spec, changed, stats in plans:
+                if not changed:
+                    continue
+                if self.stopped:
+                    stats.deferred += len(changed)
+                    continue
+                if len(changed) > self.bulk_threshold:
+                    stats.method = "bulk"
+                    job = self._bulk_start(spec, changed, stats, pending=len(started))
+                    if job is not None:
+                        started.append((job, spec, changed, stats))
+                else:
+                    stats.method = "collections"
+                    self._collections(spec["object"], spec["external_id"], changed, stats)
+        finally:
+            for job, spec, changed, stats in started:  # also when a later step failed: record what was done
+                self._bulk_finish(job, spec, changed, stats)
+        self._keep_bulk_rate()
         return result
 
     def _to_sf(self, spec: dict, payload: dict) -> dict:
@@ -220,26 +298,32 @@ class Pusher:
         return {sf: sf_value(payload.get(canonical), described.get(sf))
                 for sf, canonical in (spec.get("fields") or {}).items()}
 
-    def _push_object(self, role: str, spec: dict, items: list, stats: PushStats, full: bool) -> None:
-        sobject, ext_field = spec["object"], spec["external_id"]
-        acked = {k: (h, sid) for k, h, sid in SfPushState.select(SfPushState.record_key, SfPushState.acked_hash,
-                                                                 SfPushState.sf_id)
-                 .where(SfPushState.source == self.source.id, SfPushState.object_name == sobject).tuples().iterator()}
-        changed = []
+    def _changed(self, role: str, spec: dict, items: list, stats: PushStats, full: bool) -> list:
+        """The records whose payload differs from the acknowledged one, as (key, customer id, hash to
+        store, status, Salesforce record). Summaries store ``payload hash[:16] + input digest``; one whose
+        inputs changed but payload did not only gets its stored digest renewed (no API call)."""
+        sobject = spec["object"]
+        acked = self._acked(sobject)
+        inputs = self.inputs if role == "summary" else {}
+        changed, renewed = [], []
         for key, customer_id, payload in items:
             digest = payload_hash(payload)
-            if full or acked.get(key, (None,))[0] != digest:
-                changed.append((key, customer_id, digest, payload.get("status"), self._to_sf(spec, payload)))
+            stored = acked.get(key, (None,))[0] or ""
+            inputs_digest = inputs.get(key)
+            if inputs_digest is None:
+                same, store = stored == digest, digest
+            else:
+                same, store = stored[:16] == digest[:16], digest[:16] + inputs_digest
+            if full or not same:
+                changed.append((key, customer_id, store, payload.get("status"), self._to_sf(spec, payload)))
+            elif store != stored:
+                renewed.append((store, self.source.id, sobject, key))
         stats.changed = len(changed)
-        if not changed:
-            return
-        if len(changed) > self.bulk_threshold:
-            stats.method = "bulk"
-            self._bulk(sobject, ext_field, spec, changed, stats)
-        else:
-            stats.method = "collections"
-            self._collections(sobject, ext_field, changed, stats)
-
+        for start in range(0, len(renewed), 500):
+            with database.atomic():
+                update_many(SfPushState, ("source_id", "object_name", "record_key"), ("acked_hash",),
+                            renewed[start:start + 500])
+        return changed
     def _collections(self, sobject: str, ext_field: str, changed: list, stats: PushStats) -> None:
         retry: list = []
         for attempt in (0, 1):
@@ -277,13 +361,26 @@ class Pusher:
             if not retry:
                 return
 
-    def _bulk(self, sobject: str, ext_field: str, spec: dict, changed: list, stats: PushStats) -> None:
-        if not self._affordable(BULK_CALLS):
+    def _bulk_start(self, spec: dict, changed: list, stats: PushStats, pending: int = 0) -> Any:
+        """Create, upload and close one Bulk job (None: not started, the budget said no)."""
+        if not self._affordable(BULK_CALLS + PENDING_BULK_CALLS * pending):
             stats.deferred += len(changed)
-            return
+            return None
         columns = list((spec.get("fields") or {}).keys())
         try:
-            outcome = self.connector.bulk_upsert(sobject, ext_field, columns, [p[4] for p in changed])
+            return self.connector.bulk_start(spec["object"], spec["external_id"], columns, [p[4] for p in changed])
+        except Exception as exc:
+            if _is_limit(exc):
+                self.stopped = f"Salesforce refused: daily API budget spent ({exc}); resumes next run"
+                stats.deferred += len(changed)
+                return None
+            raise
+
+    def _bulk_finish(self, job: Any, spec: dict, changed: list, stats: PushStats) -> None:
+        """Wait for a started job and record what Salesforce acknowledged and what failed."""
+        sobject, ext_field = spec["object"], spec["external_id"]
+        try:
+            outcome = self.connector.bulk_wait(job)
         except Exception as exc:
             if _is_limit(exc):
                 self.stopped = f"Salesforce refused: daily API budget spent ({exc}); resumes next run"
@@ -310,6 +407,18 @@ class Pusher:
                 acks.append((item, None))
         self._record(sobject, acks, fails, stats)
         self.progress(sobject, stats.acknowledged + stats.failed, stats.changed)
+
+    def _keep_bulk_rate(self) -> None:
+        """The processing rate the last Bulk job showed, kept on the source so the next run's first
+        poll waits for about the right time (``bulk_rows_per_s``)."""
+        rate = getattr(self.connector, "bulk_rate", None)
+        if not rate or rate == self.source.config.get("bulk_rows_per_s"):
+            return
+        fresh = Source.get_by_id(self.source.id)  # merge into the stored config, not a copy read earlier
+        config = dict(fresh.config or {})
+        config["bulk_rows_per_s"] = round(float(rate), 1)
+        Source.update(config=config).where(Source.id == self.source.id).execute()
+        self.source.config = config
 
     def _record(self, sobject: str, acks: list, fails: list, stats: PushStats) -> None:
         now = utcnow()

@@ -416,3 +416,100 @@ def test_incremental_pull_reads_only_what_changed_and_sees_deletions(erp, org_se
     second, _ = run_sf(sf_source, push=False)
     assert second.objects["accounts"]["fetched"] < first.objects["accounts"]["fetched"] / 10
     assert SfAccount.get(SfAccount.sf_id == victim).is_deleted
+
+
+def _sent_at(server, sobject: str, when) -> set[str]:
+    """Keys of the records whose Last_Synced_At__c is ``when``: what the run at ``when`` sent."""
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S")
+    return {r["ARHub_Key__c"] for r in server.org.tables[sobject].values()
+            if not r["IsDeleted"] and str(r.get("Last_Synced_At__c") or "").startswith(stamp)}
+
+
+def _differing(source, when) -> dict[str, set[str]]:
+    """What a full rebuild as of ``when`` finds different from what Salesforce acknowledged: the
+    records a push at ``when`` must send (computed without the input-digest shortcut)."""
+    from middleware.sf_push import Pusher, payload_hash
+
+    pusher = Pusher(source, None, reporting_currency="USD", public_url="https://arhub.example.com", describes={},
+                    now=when)
+    built = pusher.build(full=True)
+    out = {}
+    for role, sobject, width in (("summary", "AR_Summary__c", 16), ("invoice", "AR_Invoice__c", 32)):
+        acked = pusher._acked(sobject)
+        out[role] = {key for key, _, payload in built[role]
+                     if (acked.get(key, (None,))[0] or "")[:width] != payload_hash(payload)[:width]}
+    out["overdue"] = {key for key, _, payload in built["summary"] if payload["oldest_overdue_days"] > 0}
+    out["linked"] = {key for key, _, _ in built["summary"]}
+    return out
+
+
+def test_an_incremental_push_sends_exactly_what_changed_and_a_new_day_resends_overdue_accounts(db):
+    """Invoices change in the ERP: the next push rebuilds only the summaries of customers whose
+    documents changed and sends exactly the summaries and invoices a full rebuild finds different;
+    nothing changed: nothing rebuilt, no API call; the next day every summary is rebuilt and the
+    overdue accounts, whose days delinquent moved, are sent again, the others are not."""
+    from datetime import datetime, timedelta, timezone
+
+    book = Book(80, 800, seed=17, as_of=AS_OF)
+    with SandboxServer(book) as sandbox, SalesforceServer(Org.from_book(book, seed=5)) as server:
+        configure_source("xero", load_preset("xero"), endpoint=sandbox.xero_url + "/api.xro/2.0",
+                         credentials=dict(xero.SANDBOX_CREDENTIALS, token_url=sandbox.xero_url + "/connect/token"))
+        erp_connector = make_connector(Source.get(Source.name == "xero"), sleep=lambda s: None)
+        sf_source = add_salesforce(server)
+        day1 = datetime.now(timezone.utc).replace(microsecond=0)
+
+        def push(when, *, pull=False):
+            source = Source.get_by_id(sf_source.id)
+            connector = make_salesforce_connector(source, sleep=lambda s: None)
+            try:
+                run = SalesforceSync(source, connector, reporting_currency="USD",
+                                     public_url="https://arhub.example.com", now=when).run(pull=pull, push=True)
+            finally:
+                connector.close()
+            assert run.status == "succeeded", (run.message, run.errors)
+            return run
+
+        try:
+            assert run_sync("xero", connector=erp_connector).status in ("succeeded", "partial")
+            first = push(day1, pull=True)
+            linked = Customer.select().where(Customer.sf_account_id.is_null(False)).count()
+            assert first.objects["push_summary"]["rebuilt"] == first.objects["push_summary"]["sent"] == linked
+
+            changed_ids = book.modify_invoices(40, now=datetime.now(timezone.utc))
+            assert run_sync("xero", connector=erp_connector).status in ("succeeded", "partial")
+        finally:
+            erp_connector.close()
+        touched = {f"xero:{c}" for (c,) in Customer.select(Customer.external_id).join(
+            Invoice, on=(Invoice.customer == Customer.id)).where(
+            Invoice.number.in_([book.invoices[i].number for i in changed_ids])).tuples()}
+        # a collector reassigned in arhub (no document, no timestamp involved) changes a summary too
+        reassigned = (Customer.select().where(Customer.sf_account_id.is_null(False))
+                      .where(Customer.external_id.not_in([k.split(":", 1)[1] for k in touched])).first())
+        Customer.update(collector="new.collector@example.com").where(Customer.id == reassigned.id).execute()
+        touched.add(f"xero:{reassigned.external_id}")
+        later = day1 + timedelta(minutes=5)
+        expected = _differing(Source.get_by_id(sf_source.id), later)
+        assert f"xero:{reassigned.external_id}" in expected["summary"]
+        assert len(expected["summary"]) > 2 and expected["summary"] <= touched
+        assert expected["invoice"]
+        incremental = push(later)
+        summary = incremental.objects["push_summary"]
+        assert summary["candidates"] == linked
+        assert summary["rebuilt"] <= len(touched) < linked, "only customers whose documents changed are rebuilt"
+        assert _sent_at(server, "AR_Summary__c", later) == expected["summary"]
+        assert _sent_at(server, "AR_Invoice__c", later) == expected["invoice"]
+        assert summary["sent"] == len(expected["summary"])
+        assert incremental.objects["push_invoice"]["sent"] == len(expected["invoice"])
+
+        quiet = push(later + timedelta(minutes=5))
+        assert quiet.objects["push_summary"]["rebuilt"] == 0 and quiet.api_calls == 0
+
+        day2 = day1 + timedelta(days=1)
+        expected = _differing(Source.get_by_id(sf_source.id), day2)
+        assert expected["overdue"] and expected["overdue"] <= expected["summary"]
+        assert expected["summary"] != expected["linked"], "accounts whose figures did not move are not sent again"
+        next_day = push(day2)
+        assert next_day.objects["push_summary"]["rebuilt"] == linked
+        assert _sent_at(server, "AR_Summary__c", day2) == expected["summary"]
+        assert next_day.objects["push_summary"]["sent"] == len(expected["summary"])
+
