@@ -193,7 +193,8 @@ def job_state(job_id: str | None) -> dict | None:
     status = getattr(status, "value", status)
     error = None
     if status == "failed":
-        lines = [line for line in (job.exc_info or "").strip().splitlines() if line.strip()]
+        latest = job.latest_result()
+        lines = [line for line in (getattr(latest, "exc_string", None) or "").strip().splitlines() if line.strip()]
         error = lines[-1] if lines else "the job failed"
     return {"status": status, "done": status in ("finished", "failed", "canceled", "stopped"), "error": error}
 

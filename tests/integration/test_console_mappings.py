@@ -101,6 +101,24 @@ def test_a_sample_fetched_by_a_job_shows_the_mapped_invoice(app, xero_source, sa
     assert 'data-testid="preview-verdict">valid' in page
 
 
+def test_a_failed_sample_fetch_is_shown_and_keeps_the_old_sample(app, xero_source, sandbox):
+    """When the ERP refuses the sample request (401), the job fails and the editor says why instead of
+    waiting forever; the sample fetched before stays in use."""
+    from connectors.sandbox.faults import Fault
+
+    client = login(app, "ada@example.com")
+    page = fetch_sample(client, xero_source)
+    number = re.search(r'data-testid="preview-number">([^<]*)<', page).group(1)
+    sandbox.faults.push(*[Fault(status=401, path="Invoices")] * 5)
+    resp = client.post(f"/mappings/{xero_source.id}/invoice/fetch", data={"csrf_token": _csrf(page)})
+    run_jobs()
+    sandbox.faults.clear()
+    page = client.get(resp.headers["Location"]).get_data(as_text=True)
+    assert 'data-testid="job-failed"' in page and "Fetching the sample failed" in page
+    assert "401" in page[page.index('data-testid="job-failed"'):][:400]
+    assert re.search(r'data-testid="preview-number">([^<]*)<', page).group(1) == number
+
+
 def test_the_preview_follows_the_draft_and_names_bad_paths_and_transforms(app, xero_source):
     """Changing a path in the draft changes the previewed value; a malformed path and a transform that
     cannot read the value are reported on their rows, and nothing is saved by previewing."""
