@@ -36,7 +36,10 @@
       .catch(function (e) { if (mine === sequence) { q("preview-state").textContent = "preview failed: " + e.message; } });
   }
 
+  var typedEarly = false;
   form.querySelectorAll("[data-preview-input]").forEach(function (el) {
     el.addEventListener("input", function () { clearTimeout(timer); timer = setTimeout(refresh, 400); });
+    typedEarly = typedEarly || el.value !== el.defaultValue;
   });
+  if (typedEarly) { refresh(); }  /* typed before this script ran: the page's preview is stale */
 })();

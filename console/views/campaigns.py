@@ -278,7 +278,7 @@ class CampaignsView(SecureView):
         paged, plus the customers in no campaign and one customer's full explanation."""
         from middleware.dunning import explain, plan
         from middleware.dunning.editing import find_customer
-        from middleware.models import Campaign, Template
+        from middleware.models import Campaign
 
         campaign = Campaign.get_or_none(Campaign.id == campaign_id)
         if campaign is None:
@@ -305,11 +305,10 @@ class CampaignsView(SecureView):
                 explain_error = f"no customer with the number, id or name {ref!r}"
             else:
                 explanation = explain(customer.id, day)
-        templates = {(n, lang) for n, lang in Template.select(Template.name, Template.language).tuples()}
         return self.render("console/campaigns/preview.html", campaign=campaign, day=day, result=result,
                            rows=shown, total=total, page=page, pages=pages, status=status,
                            counts=sorted(counts.items()), explanation=explanation, explain_error=explain_error,
-                           customer_ref=ref, unassigned=result.unassigned[:20], templates=templates,
+                           customer_ref=ref, unassigned=result.unassigned[:20],
                            page_size=PAGE_SIZE)
 
     @expose("/<int:campaign_id>/test-send", methods=("POST",))

@@ -58,6 +58,7 @@ def test_edit_a_template_body_and_watch_the_preview_change(page, console_url, ma
     login(page, console_url, "ada@example.com")
     page.goto(console_url + "/templates/")
     page.get_by_role("link", name="overdue-1", exact=True).click()
+    page.wait_for_load_state()
     page.get_by_label("Preview for customer").fill("CUST-2")
     text = page.get_by_test_id("preview-text")
     page.wait_for_function("() => document.querySelector('[data-testid=preview-customer]').textContent"
