@@ -308,3 +308,28 @@ def test_outcomes_per_variant_with_confidence_intervals(app, book):
     assert "Paid within 5 days of due" in page
     assert " %" in table  # a share with its interval
     assert a.id
+
+
+def test_renaming_variants_keeps_their_ids_and_a_removed_variant_in_use_is_refused(app, book):
+    """Swapping two variants' names in one save keeps each variant (and the steps on it); removing
+    a variant that a step still names is refused on that step's variant field."""
+    from middleware.dunning.editing import CampaignInvalid, campaign_snapshot, save_campaign
+    from middleware.models import CampaignStep
+
+    data = {"name": "AB", "priority": 5, "audience": {}, "variants": [{"name": "A", "weight": 1},
+                                                                       {"name": "B", "weight": 2}],
+            "steps": [{"name": "s1", "anchor": "due", "offset_days": 1, "template": "overdue-1", "variant": "A"}]}
+    campaign = save_campaign(data, actor="test")
+    snap = campaign_snapshot(campaign.id)
+    a, b = snap["variants"]
+    step = snap["steps"][0]
+    swapped = {**data, "variants": [{"id": a["id"], "name": "B", "weight": 1},
+                                    {"id": b["id"], "name": "A", "weight": 2}],
+               "steps": [{**data["steps"][0], "id": step["id"], "variant": "B"}]}
+    save_campaign(swapped, campaign_id=campaign.id, actor="test")
+    after = campaign_snapshot(campaign.id)
+    assert [(v["id"], v["name"]) for v in after["variants"]] == [(a["id"], "B"), (b["id"], "A")]
+    assert CampaignStep.get_by_id(step["id"]).variant_id == a["id"]
+    with pytest.raises(CampaignInvalid) as refused:
+        save_campaign({**swapped, "variants": [swapped["variants"][1]]}, campaign_id=campaign.id, actor="test")
+    assert refused.value.errors == {"steps.0.variant": "no variant 'B' in this campaign"}
