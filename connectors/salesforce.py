@@ -142,9 +142,12 @@ class SalesforceConnector:
             self.api_used, self.api_max = int(match.group(1)), int(match.group(2))
 
     def _first_wait(self, job: BulkJob) -> float:
-        """Seconds before the first poll of ``job``: its rows and those of the jobs closed before it
-        and still running, at the known rate, less the time since the first of them was closed."""
-        ahead = [j for j in self._inflight if j.closed_at <= job.closed_at] or [job]
+        """Seconds before the first poll of ``job``: the rows of every job still in flight, at the
+        known rate, less the time since the first of them was closed. The org works through all of
+        them, one after the other or side by side; either way ``job`` is done by the time their
+        total is, and that is also when the push can go on, so waiting that long costs no time
+        and saves polls."""
+        ahead = [j for j in self._inflight if j is not job] + [job]
         rows = sum(j.rows for j in ahead)
         elapsed = time.monotonic() - min(j.closed_at for j in ahead)
         if self.bulk_rate:
@@ -359,10 +362,10 @@ class SalesforceConnector:
         unprocessed ones when the job did not complete).
 
         Calls: the polls (+ ``failedResults`` when ``numberRecordsFailed`` > 0). The first poll waits
-        for an estimate of the processing time: the rows of this job and of the jobs closed before
-        it that are still running (the org may process them one after the other), at the rate
-        this connector's last job was processed (or ``bulk_rate`` set from an earlier run), or at
-        ``BULK_ROWS_PER_S`` when no job was seen; less the time since they were closed. A job
+        for an estimate of the processing time: the rows of every job still in flight
+        (:meth:`_first_wait`), at the rate this connector's last job was processed (or
+        ``bulk_rate`` set from an earlier run), or at ``BULK_ROWS_PER_S`` when no job was seen;
+        less the time since they were closed. A job
         still in progress says how many rows it processed so far: the next polls wait for the rest
         at the rate seen between polls (``_next_wait``)."""
         path = f"jobs/ingest/{job.job_id}"
