@@ -231,10 +231,8 @@ class Pusher:
             out.append((key, row[0], self._invoice_payload(key, tuple(row), owner,
                                                            "Overdue" if due < self.as_of else "Open")))
         # invoices Salesforce still shows as open: send their closing state once
-        pending = [k for (k,) in SfPushState.select(SfPushState.record_key)
-                   .where(SfPushState.source == self.source.id,
-                          SfPushState.object_name == self.objects.get("invoice", {}).get("object", "AR_Invoice__c"))
-                   .tuples().iterator() if k not in open_keys]
+        pending = [k for k in self._acked(self.objects.get("invoice", {}).get("object", "AR_Invoice__c"))
+                   if k not in open_keys]
         by_ext: dict[str, str] = {}
         for key in pending:
             src, _, ext = key.partition(":")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from marshmallow import ValidationError
 
+from . import balances
 from .bulk import placeholders, to_decimal, update_many, upsert
 from .db import database
 from .fx import RateBook
@@ -44,6 +45,7 @@ OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "pa
 CLOSED = ("voided", "deleted")
 ZERO = Decimal(0)
 DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}
+HASHED_OBJECTS = frozenset(DELETABLE)  # the objects _classify compares by content hash (keyed by external_id)
 
 
 class SyncError(RuntimeError):
@@ -262,28 +264,40 @@ class SyncService:
         Returns the ERP's clock at the first page (when it tells) and the mapping paths that
         matched nothing."""
         server_start: datetime | None = None
-        unmatched: set[str] | None = None
+        state: dict[str, Any] = {"unmatched": None}
+
+        def prepared() -> Iterator[tuple[Any, int, bool, int, list[_Prepared]]]:
+            # runs in the prefetch thread: fetching, parsing, mapping, validation and content
+            # hashes are pure Python with no database, so they overlap the consumer's writes
+            # (sqlite3 and psycopg2 release the GIL while the database works)
+            for page, number, keyset in self._pages(name, since, mapping):
+                records = list(page.records)
+                unmatched = state["unmatched"]
+                if unmatched is None or unmatched:
+                    state["unmatched"] = set(mapping.unmatched([r for r in records if isinstance(r, dict)],
+                                                               among=unmatched))
+                chunks = [_prepare_chunk(name, mapping, records[start:start + self.chunk_size])
+                          for start in range(0, len(records), self.chunk_size)]
+                yield page, number, keyset, len(records), chunks
+
         first_size = None
-        for page, number, keyset in prefetch(self._pages(name, since, mapping)):
+        for page, number, keyset, size, chunks in prefetch(prepared()):
             stats.pages += 1
             if server_start is None and getattr(page, "server_time", None):
                 server_start = page.server_time
-            records = list(page.records)
             total = getattr(page, "total_pages", None)
             if first_size is None:
-                first_size = len(records)
-            elif total and number < total and len(records) < first_size and not keyset:
+                first_size = size
+            elif total and number < total and size < first_size and not keyset:
                 stats.hold_cursor = True
                 stats.warnings.append(
-                    f"{name}: page {number} of {total} had {len(records)} records, not {first_size}: a record "
+                    f"{name}: page {number} of {total} had {size} records, not {first_size}: a record "
                     "vanished between pages (deleted or moved); the cursor stays so the next sync looks again")
-            if unmatched is None or unmatched:
-                unmatched = set(mapping.unmatched([r for r in records if isinstance(r, dict)], among=unmatched))
-            for start in range(0, len(records), self.chunk_size):
-                self._process_chunk(run, name, mapping, records[start:start + self.chunk_size], seen, stats)
-            group.add(len(records))
+            for chunk in chunks:
+                self._apply_chunk(run, name, chunk, seen, stats)
+            group.add(size)
             self.progress(name, stats)
-        return server_start, unmatched or set()
+        return server_start, state["unmatched"] or set()
 
     def _pages(self, name: str, since: datetime | None, mapping: CompiledMapping) -> Iterator[tuple[Any, int, bool]]:
         """The connector's pages; with ``paging: keyset`` each request starts at the newest stamp seen.
@@ -335,28 +349,17 @@ class SyncService:
 
     def _process_chunk(self, run: SyncRun, name: str, mapping: CompiledMapping, raws: list[dict],
                        seen: dict[str, Any], stats: ObjectStats) -> None:
+        self._apply_chunk(run, name, _prepare_chunk(name, mapping, raws), seen, stats)
+
+    def _apply_chunk(self, run: SyncRun, name: str, chunk: "_Prepared", seen: dict[str, Any],
+                     stats: ObjectStats) -> None:
+        """Write one prepared chunk (on the database's thread): new and changed records, deletions, rejects."""
+        stats.fetched += chunk.fetched
+        stats.skipped += chunk.skipped
+        deletions, rejects = chunk.deletions, chunk.rejects
         good: dict[str, dict] = {}
-        deletions: list[dict] = []
-        rejects: list[tuple[str | None, dict, list[FieldError]]] = []
-        for raw in raws:
-            stats.fetched += 1
-            if not isinstance(raw, dict):
-                rejects.append((None, {"value": repr(raw)[:1000]}, [FieldError("record", "not an object")]))
-                continue
-            if not mapping.wants(raw):
-                stats.skipped += 1
-                continue
-            record, errors = mapping.apply(raw)
-            ext_id = _ext_id(name, record)
-            if record.get("status") == "deleted" and ext_id and name in DELETABLE:
-                deletions.append({"id": ext_id})  # a deleted record may come without its other fields
-                continue
-            if not errors:
-                record, errors = validate_record(name, record)
-            if errors:
-                rejects.append((ext_id, raw, errors))
-                continue
-            key = _ext_id(name, record)
+        digests: dict[str, str] = {}
+        for key, record, digest in chunk.good:
             stamp = record.get("erp_modified_at")
             if key in seen and seen[key] == stamp and stamp is not None:
                 continue  # fetched again by an overlapping request, unchanged: nothing to do
@@ -366,6 +369,9 @@ class SyncService:
                 if _newer(good[key], record):
                     continue
             good[key] = record
+            if digest is not None:
+                digests[key] = digest
+        self._digests = digests  # read by _classify: the hashes were computed on the prefetch thread
         for key, record in good.items():
             seen[key] = record.get("erp_modified_at")
         if deletions:
@@ -475,8 +481,9 @@ class SyncService:
             ids = [ext for ext in ids if ext in self._written[table]]
         existing = self._existing(model, ids) if ids else {}
         out, unchanged = [], 0
+        digests = self._digests
         for rec in records:
-            digest = content_hash(rec)
+            digest = digests.get(rec["external_id"]) or content_hash(rec)
             row = existing.get(rec["external_id"])
             if row is not None and row[1] == digest:
                 unchanged += 1
@@ -768,7 +775,10 @@ class SyncService:
             with database.atomic():
                 update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
         self.reconciliation_mismatches = sum(self._mismatch.values())
+        # the console's per-customer balances (customer_balance) of what this run wrote or touched
+        balances.after_sync(self.source.id, set(written["invoice"]) | set(touched), written["customer"])
         self._written = defaultdict(set)
+        self._digests: dict[str, str] = {}
         self._unlinked = defaultdict(set)
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
@@ -779,6 +789,41 @@ WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = 
     "credit_memo": lambda self, recs: self._write_settlements(CreditMemo, "credit_memo", recs),
     "payment": lambda self, recs: self._write_settlements(Payment, "payment", recs),
 }
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One chunk of raw records after mapping, validation and content hashing (no database)."""
+    fetched: int = 0
+    skipped: int = 0
+    good: list[tuple[str, dict, str | None]] = field(default_factory=list)  # (key, record, content hash)
+    deletions: list[dict] = field(default_factory=list)
+    rejects: list[tuple[str | None, dict, list[FieldError]]] = field(default_factory=list)
+
+
+def _prepare_chunk(name: str, mapping: CompiledMapping, raws: list) -> _Prepared:
+    """Map, validate and hash ``raws``: pure, so it can run on the prefetch thread."""
+    out = _Prepared(fetched=len(raws))
+    hashed = name in HASHED_OBJECTS
+    for raw in raws:
+        if not isinstance(raw, dict):
+            out.rejects.append((None, {"value": repr(raw)[:1000]}, [FieldError("record", "not an object")]))
+            continue
+        if not mapping.wants(raw):
+            out.skipped += 1
+            continue
+        record, errors = mapping.apply(raw)
+        ext_id = _ext_id(name, record)
+        if record.get("status") == "deleted" and ext_id and name in DELETABLE:
+            out.deletions.append({"id": ext_id})  # a deleted record may come without its other fields
+            continue
+        if not errors:
+            record, errors = validate_record(name, record)
+        if errors:
+            out.rejects.append((ext_id, raw, errors))
+            continue
+        out.good.append((_ext_id(name, record), record, content_hash(record) if hashed else None))
+    return out
 
 
 def _ext_id(name: str, record: dict) -> str | None:

@@ -183,7 +183,6 @@ class CompositeApi:
         with self.lock:  # the request itself was charged once: charge the other subrequests
             extra = len(subs) - 1
             if self.api_used + extra > self.api_max:
-                self.api_used = self.api_max
                 raise ApiError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
             self.api_used += extra
         halt = bool(body.get("haltOnError", False))
