@@ -231,4 +231,8 @@ def revalue_open_amounts(reporting_currency: str, currencies: Iterable[str] | No
         conv = book.convert(to_decimal(open_amount), currency, as_of)
         rows.append((conv.amount if conv else None, as_of, inv_id))
     with database.atomic():
-        return update_many(Invoice, ("id",), ("open_amount_reporting", "revalued_at"), rows)
+        changed = update_many(Invoice, ("id",), ("open_amount_reporting", "revalued_at"), rows)
+    from . import balances  # the console's per-customer balances follow the new amounts
+
+    balances.refresh()
+    return changed

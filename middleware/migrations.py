@@ -77,6 +77,20 @@ def _m0005_open_invoices_by_customer(db) -> None:
                    '"open_amount_reporting", "open_amount", "deleted_at", "status") WHERE "status" = \'open\'')
 
 
+def _m0006_customer_balance(db) -> None:
+    # frozen SQL; the rows are written by middleware.balances (the first list by amount, or a sync)
+    money = "NUMERIC(20, 4)" if dialect(db) == "postgres" else "DECIMAL(20, 4)"
+    db.execute_sql(
+        f'CREATE TABLE "customer_balance" ("customer_id" INTEGER NOT NULL PRIMARY KEY, "open_reporting" {money} '
+        f'NOT NULL, "overdue_reporting" {money} NOT NULL, "oldest_due" DATE, "open_invoices" INTEGER NOT NULL, '
+        '"fx_missing" INTEGER NOT NULL, "n_current" INTEGER NOT NULL, "n_1_30" INTEGER NOT NULL, "n_31_60" INTEGER '
+        'NOT NULL, "n_61_90" INTEGER NOT NULL, "n_91" INTEGER NOT NULL, "as_of" DATE NOT NULL, FOREIGN KEY '
+        '("customer_id") REFERENCES "customer" ("id") ON DELETE CASCADE)')
+    for column in ("overdue_reporting", "open_reporting", "oldest_due"):
+        db.execute_sql(f'CREATE INDEX "customer_balance_{column}_customer_id" ON "customer_balance" '
+                       f'("{column}", "customer_id")')
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
@@ -87,6 +101,8 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
         "activities; customer.timezone", _m0004_collections),
     (5, "invoice_open_by_customer: a partial covering index of open invoices per customer (console customer list)",
      _m0005_open_invoices_by_customer),
+    (6, "customer_balance: today's open/overdue per customer in the reporting currency, indexed for the customer "
+        "list's amount sorts", _m0006_customer_balance),
 ]
 
 

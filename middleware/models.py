@@ -660,10 +660,35 @@ class Activity(BaseModel):
         indexes = ((("customer", "kind"), False),)
 
 
+class CustomerBalance(BaseModel):
+    """Today's open AR of one customer in the reporting currency, summed from the open invoices
+    (``middleware.balances``, migration 6): what the console's customer list sorts and filters by
+    amount on, through the indexes below, instead of grouping every open invoice per request.
+    A row exists only for a customer with an open invoice; ``as_of`` is the day the overdue split
+    and the bucket counts are for (refreshed when the day changes and after every ERP sync)."""
+    customer = ForeignKeyField(Customer, primary_key=True, on_delete="CASCADE")
+    open_reporting = MoneyField(default=0)  # Σ open_amount_reporting (an invoice without a rate: left out)
+    overdue_reporting = MoneyField(default=0)  # the part due before as_of
+    oldest_due = DateField(null=True)  # the earliest due date before as_of
+    open_invoices = IntegerField(default=0)
+    fx_missing = IntegerField(default=0)  # open invoices without a reporting amount
+    n_current = IntegerField(default=0)  # open invoices per aging bucket (middleware.ar.DEFAULT_EDGES) on as_of
+    n_1_30 = IntegerField(default=0)
+    n_31_60 = IntegerField(default=0)
+    n_61_90 = IntegerField(default=0)
+    n_91 = IntegerField(default=0)
+    as_of = DateField()
+
+    class Meta:
+        table_name = "customer_balance"
+        indexes = ((("overdue_reporting", "customer"), False), (("open_reporting", "customer"), False),
+                   (("oldest_due", "customer"), False))
+
+
 MODELS = [Company, Source, SyncCursor, FieldMapping, Currency, Customer, Contact, Invoice, CreditMemo,
           Payment, Application, FxRate, SyncRun, RejectedRecord, AuditLog, Tag, CustomerTag, SfUser,
           SfAccount, SfOpportunity, MatchCandidate, SfPushState, User, AssignmentRule, Template, Campaign,
-          CampaignVariant, CampaignStep, DunningAction, Message, Activity]
+          CampaignVariant, CampaignStep, DunningAction, Message, Activity, CustomerBalance]
 #: Tables added by migration 3 (Salesforce both ways); frozen in schema/0003.<dialect>.sql.
 SALESFORCE_MODELS = [Tag, CustomerTag, SfUser, SfAccount, SfOpportunity, MatchCandidate, SfPushState]
 #: Tables added by migration 4 (collections engine); frozen in schema/0004.<dialect>.sql.

@@ -236,3 +236,101 @@ def test_invoice_page_shows_amounts_rate_applications_and_links_back(client, boo
     assert "€1,000.00" in html and "$1,100.00" in html and "1.1 on" in html
     assert f'href="/customers/{book.globex.id}"' in html
     assert client.get("/customers/invoice/999999").status_code == 404
+
+
+# -- the amount sorts read customer_balance: its figures are middleware.ar's ---------------------------
+
+def _balance_rows() -> dict:
+    from middleware.bulk import to_decimal
+
+    rows = Invoice._meta.database.execute_sql(
+        'SELECT "customer_id", "open_reporting", "overdue_reporting", "oldest_due", "open_invoices", "fx_missing", '
+        '"as_of" FROM "customer_balance"').fetchall()
+    cent = Decimal("0.01")
+    return {cid: (to_decimal(o).quantize(cent), to_decimal(od).quantize(cent), str(old)[:10] if old else None,
+                  n, miss, str(as_of)[:10]) for cid, o, od, old, n, miss, as_of in rows}
+
+
+def _assert_list_matches_ar(day):
+    """Every customer's stored balance, the list's figures, its order by overdue and its amount filters
+    agree with middleware.ar.customer_snapshots on ``day``."""
+    from console.views.customers.queries import Filters, export_rows
+    from middleware import ar
+
+    snaps = ar.customer_snapshots(None, as_of=day, reporting_currency="USD")
+    cent = Decimal("0.01")
+    expected = {cid: (s.open_reporting.quantize(cent), s.overdue_reporting.quantize(cent),
+                      s.oldest_due.isoformat() if s.oldest_due and s.overdue_reporting else None, s.open_count,
+                      s.fx_missing, day.isoformat())
+                for cid, s in snaps.items() if s.open_count}
+    listed = list(export_rows(Filters.from_args({"sort": "overdue"}), day))
+    assert len(listed) == Customer.select().where(Customer.deleted_at.is_null()).count()
+    assert _balance_rows() == expected
+    shown = {r.id: (r.open_reporting, r.overdue_reporting, r.oldest_due.isoformat() if r.oldest_due else None,
+                    r.open_invoices, r.fx_missing, day.isoformat()) for r in listed if r.open_invoices}
+    assert shown == expected
+    with_open = [r.id for r in listed if r.id in expected]
+    assert with_open == sorted(expected, key=lambda cid: (-expected[cid][1], cid))  # overdue desc, then id
+    assert [r.id for r in listed[:len(with_open)]] == with_open  # nothing-open customers follow
+    big = sorted(expected, key=lambda cid: (-expected[cid][1], cid))[len(expected) // 3]
+    floor = expected[big][1]
+    found = [r.id for r in export_rows(Filters.from_args({"overdue_min": str(floor), "sort": "overdue"}), day)]
+    assert found == [cid for cid in with_open if expected[cid][1] >= floor] and big in found
+    for label, index in (("current", 0), ("61-90", 3), ("91+", 4)):
+        found = {r.id for r in export_rows(Filters.from_args({"bucket": label}), day)}
+        assert found == {cid for cid, s in snaps.items() if s.buckets and s.buckets[index]}, label
+    return expected
+
+
+def test_amount_sorts_and_filters_equal_middleware_ar_across_a_sync_and_a_new_day(db, sandbox):
+    """Sorted by overdue or filtered by an overdue floor or an aging bucket, the list shows every customer's
+    open and overdue amounts, oldest overdue date and open count exactly as middleware.ar computes them: after
+    a full sync, after an incremental one in which invoices were paid, voided, deleted and created, and on a
+    later day when more of them are overdue."""
+    from jobs.sync import load_preset, make_connector, run_sync
+    from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
+    from middleware.sources import configure_source
+
+    src = configure_source("netsuite", load_preset("netsuite-2023_2"),
+                           endpoint=sandbox.netsuite_url + "/services/NetSuitePort_2023_2",
+                           credentials=SANDBOX_CREDENTIALS)
+
+    def sync():
+        connector = make_connector(Source.get_by_id(src.id), sleep=lambda s: None)
+        try:
+            return run_sync(src.name, connector=connector)
+        finally:
+            connector.close()
+
+    sync()
+    day = today()
+    before = _assert_list_matches_ar(day)
+    assert len(before) > 10
+
+    book = sandbox.book
+    open_ids = [i for i, inv in book.invoices.items() if inv.status == "open" and inv.amount_paid == 0]
+    book.add_payment(open_ids[0], book.invoices[open_ids[0]].amount_due, day)  # paid in full
+    book.add_payment(open_ids[1], (book.invoices[open_ids[1]].amount_due / 2).quantize(Decimal("0.01")), day)
+    book.void_invoice(open_ids[2])
+    book.delete("invoice", open_ids[3])
+    book.modify_invoices(20, now=datetime.now(timezone.utc))
+    sync()
+    after = _assert_list_matches_ar(day)
+    assert after != before
+
+    later = day + timedelta(days=45)
+    moved = _assert_list_matches_ar(later)  # the first list of the new day refreshes every customer
+    assert sum(v[1] for v in moved.values()) > sum(v[1] for v in after.values())
+
+
+def test_a_list_by_amount_follows_a_revaluation_at_new_rates(book, client):
+    """When new closing rates revalue the open amounts (arhub fx), the list sorted by open amount shows the
+    new figures and order at once."""
+    from middleware import fx
+
+    assert _names(client.get("/customers/?sort=open").get_data(as_text=True))[:2] == ["Initech Inc.", "Globex GmbH"]
+    FxRate.create(base_currency="USD", currency="EUR", rate_date=book.today, rate=Decimal("3.00"), source_name="test")
+    fx.revalue_open_amounts("USD")
+    html = client.get("/customers/?sort=open").get_data(as_text=True)
+    assert _names(html)[:2] == ["Globex GmbH", "Initech Inc."]  # 1,500 EUR x 3.00 = 4,500 USD > 2,500 USD
+    assert "4,500.00" in html

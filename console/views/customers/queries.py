@@ -9,12 +9,14 @@ amount (missing rate) is left out of the sums and flagged (``fx_missing``), neve
 
 Two plans, so no page scans more than it must:
 * **by name** (the default, and whenever no amount filter or sort is asked): customers filtered
-  on their own columns, ``ORDER BY name, id LIMIT/OFFSET`` on the name index; the amounts of the
-  page's customers only (one grouped query with ``IN``).
+  on their own columns, ``ORDER BY name, id LIMIT/OFFSET`` on the name index.
 * **by amount** (sort by open/overdue/oldest, or an overdue range, or a bucket): the per-customer
-  sums of all open invoices joined to the filtered customers, sorted and cut in SQL, the total
-  from ``COUNT(*) OVER ()`` in the same statement. Customers with nothing open come after them,
-  by name, when the filters admit a zero balance.
+  balances of today (table ``customer_balance``, ``middleware.balances``: refreshed by every ERP
+  sync for what it touched and in full when the day changes) joined to the filtered customers,
+  ``ORDER BY`` an amount ``LIMIT/OFFSET`` on that table's indexes, the total from a ``COUNT(*)``.
+  Customers with nothing open come after them, by name, when the filters admit a zero balance.
+Either way the page's figures are then summed live for its customers only (one grouped query
+with ``IN`` over the partial index), so what the page shows is exact even between refreshes.
 Then a few queries keyed by the page's ids: tags, the campaign of the latest dunning action.
 """
 from __future__ import annotations
@@ -246,29 +248,15 @@ def _customer_where(f: Filters, today: date) -> _Where:
     return w
 
 
-def _ar_select(today: date, f: Filters, ids: list[int] | None = None) -> tuple[str, list]:
-    """Per-customer sums of today's open invoices (one grouped pass over the partial index)."""
+def _ar_select(today: date, ids: list[int]) -> tuple[str, list]:
+    """Per-customer sums of today's open invoices of ``ids`` (the partial index, by customer)."""
     p = _ph()
-    args: list = [today, today]
-    extra = ""
-    if f.bucket:
-        first, last = bucket_range(f.bucket, today)
-        conds = []
-        if first is not None:
-            conds.append(f'i."due_date" >= {p}')
-            args.append(first)
-        if last is not None:
-            conds.append(f'i."due_date" <= {p}')
-            args.append(last)
-        extra = f', SUM(CASE WHEN {" AND ".join(conds)} THEN 1 ELSE 0 END) AS in_bucket'
-    where = OPEN_WHERE
-    if ids is not None:
-        where += f' AND i."customer_id" IN ({placeholders(len(ids))})' if ids else " AND 1 = 0"
-        args.extend(ids)
+    args: list = [today, today, *ids]
+    where = OPEN_WHERE + (f' AND i."customer_id" IN ({placeholders(len(ids))})' if ids else " AND 1 = 0")
     sql = ('SELECT i."customer_id" AS cid, SUM(i."open_amount_reporting") AS open_rep, '
            f'SUM(CASE WHEN i."due_date" < {p} THEN i."open_amount_reporting" ELSE 0 END) AS overdue_rep, '
            f'MIN(CASE WHEN i."due_date" < {p} THEN i."due_date" END) AS oldest_due, COUNT(*) AS n_open, '
-           'SUM(CASE WHEN i."open_amount_reporting" IS NULL THEN 1 ELSE 0 END) AS n_missing' + extra +
+           'SUM(CASE WHEN i."open_amount_reporting" IS NULL THEN 1 ELSE 0 END) AS n_missing'
            f' FROM "invoice" i WHERE {where} GROUP BY i."customer_id"')
     return sql, args
 
@@ -295,26 +283,35 @@ def _apply_ar(row: Row, open_rep, overdue_rep, oldest, n_open, n_missing, today:
 
 def _order(f: Filters) -> str:
     d = "DESC" if f.desc else "ASC"
-    if f.sort == "open":
-        return f"COALESCE(a.open_rep, 0) {d}, c.\"id\""
-    if f.sort == "overdue":
-        return f"COALESCE(a.overdue_rep, 0) {d}, c.\"id\""
-    if f.sort == "oldest":  # most days overdue first when descending: the earliest due date first
-        return f"CASE WHEN a.oldest_due IS NULL THEN 1 ELSE 0 END, a.oldest_due {'ASC' if f.desc else 'DESC'}, c.\"id\""
     return f'c."name" {d}, c."id"'
 
 
-def _amount_having(f: Filters) -> tuple[str, list]:
+def _balance_order(f: Filters) -> str:
+    """The amount sorts on customer_balance's indexes (ties by customer id, as by name)."""
+    d = "DESC" if f.desc else "ASC"
+    if f.sort == "open":
+        return f'b."open_reporting" {d}, b."customer_id"'
+    if f.sort == "oldest":  # most days overdue first when descending: the earliest due date first
+        return (f'CASE WHEN b."oldest_due" IS NULL THEN 1 ELSE 0 END, b."oldest_due" {"ASC" if f.desc else "DESC"}, '
+                'b."customer_id"')
+    if f.sort == "name":  # an amount filter, sorted by name
+        return f'c."name" {d}, c."id"'
+    return f'b."overdue_reporting" {d}, b."customer_id"'
+
+
+def _balance_having(f: Filters) -> tuple[str, list]:
+    from middleware.balances import BUCKET_COLUMNS
+
     conds, args = [], []
     p = _ph()
     if f.overdue_min is not None:
-        conds.append(f"COALESCE(a.overdue_rep, 0) >= {p}")
+        conds.append(f'b."overdue_reporting" >= {p}')
         args.append(_num(f.overdue_min))
     if f.overdue_max is not None:
-        conds.append(f"COALESCE(a.overdue_rep, 0) <= {p}")
+        conds.append(f'b."overdue_reporting" <= {p}')
         args.append(_num(f.overdue_max))
     if f.bucket:
-        conds.append("a.in_bucket > 0")
+        conds.append(f'b."{BUCKET_COLUMNS[f.bucket]}" > 0')
     return (" AND " + " AND ".join(conds) if conds else ""), args
 
 
@@ -342,7 +339,7 @@ def _decorate(rows: list[Row], today: date) -> None:
 
 
 def _page_ar(rows: list[Row], today: date, f: Filters) -> None:
-    sql, args = _ar_select(today, Filters(), [r.id for r in rows])
+    sql, args = _ar_select(today, [r.id for r in rows])
     by_id = {r.id: r for r in rows}
     for cid, open_rep, overdue_rep, oldest, n_open, n_missing in database.execute_sql(sql, args).fetchall():
         _apply_ar(by_id[cid], open_rep, overdue_rep, oldest, n_open, n_missing, today)
@@ -364,30 +361,24 @@ def list_page(f: Filters, today: date) -> Page:
         _page_ar(rows, today, f)
         _decorate(rows, today)
         return Page(rows, total, f)
-    ar_sql, ar_args = _ar_select(today, f)
-    having, having_args = _amount_having(f)
-    sql = (f'SELECT {CUSTOMER_COLUMNS}, a.open_rep, a.overdue_rep, a.oldest_due, a.n_open, a.n_missing, '
-           f'COUNT(*) OVER () {_FROM} JOIN ({ar_sql}) a ON a.cid = c."id" WHERE {w.text()}{having} '
-           f'ORDER BY {_order(f)} LIMIT {p} OFFSET {p}')
-    found = database.execute_sql(sql, [*ar_args, *w.args, *having_args, limit, offset]).fetchall()
-    rows = []
-    for v in found:
-        row = _row(v)
-        _apply_ar(row, *v[12:17], today)
-        rows.append(row)
-    if found:
-        n_open = found[0][17]
-    else:  # past the customers with open invoices (or none match): count them on their own
-        n_open = _count(f'SELECT COUNT(*) FROM "customer" c JOIN ({ar_sql}) a ON a.cid = c."id" '
-                        f'WHERE {w.text()}{having}', [*ar_args, *w.args, *having_args])
+    # by amount: the per-customer balances of today (table customer_balance, middleware.balances),
+    # sorted and cut in SQL on its indexes; the page's figures are then read live (exact)
+    from middleware.balances import ensure_current
+
+    ensure_current(today)
+    having, having_args = _balance_having(f)
+    joined = f'FROM "customer_balance" b JOIN "customer" c ON c."id" = b."customer_id" WHERE {w.text()}'
+    sql = (f'SELECT {CUSTOMER_COLUMNS} FROM "customer_balance" b JOIN "customer" c ON c."id" = b."customer_id" '
+           f'JOIN "source" s ON s."id" = c."source_id" WHERE {w.text()}{having} '
+           f'ORDER BY {_balance_order(f)} LIMIT {p} OFFSET {p}')
+    rows = [_row(v) for v in database.execute_sql(sql, [*w.args, *having_args, limit, offset]).fetchall()]
+    n_open = _count(f'SELECT COUNT(*) {joined}{having}', [*w.args, *having_args])
     total = n_open
     if f.zero_qualifies:
         # then the customers with nothing open, by name
-        zero = f'NOT EXISTS (SELECT 1 FROM "invoice" i WHERE i."customer_id" = c."id" AND {OPEN_WHERE})'
+        zero = 'NOT EXISTS (SELECT 1 FROM "customer_balance" z WHERE z."customer_id" = c."id")'
         n_all = _count(f'SELECT COUNT(*) FROM "customer" c WHERE {w.text()}', w.args)
-        with_open = _count(f'SELECT COUNT(*) FROM "customer" c JOIN ({_ar_select(today, Filters())[0]}) a '
-                           f'ON a.cid = c."id" WHERE {w.text()}', [today, today, *w.args]) \
-            if (having or f.bucket) else n_open
+        with_open = _count(f'SELECT COUNT(*) {joined}', w.args) if having else n_open
         total = n_open + (n_all - with_open)
         if len(rows) < limit and offset + len(rows) < total:
             tail_offset = max(offset - n_open, 0)
@@ -395,6 +386,7 @@ def list_page(f: Filters, today: date) -> Page:
                    f'ORDER BY c."name", c."id" LIMIT {p} OFFSET {p}')
             rows += [_row(v) for v in database.execute_sql(
                 sql, [*w.args, limit - len(rows), tail_offset]).fetchall()]
+    _page_ar(rows, today, f)
     _decorate(rows, today)
     return Page(rows, total, f)
 
