@@ -40,3 +40,21 @@ def test_dashboard_totals_and_aging_bar_drill_down(page, console_url, make_user,
     page.get_by_test_id("aging-bar-61-90").click()
     page.wait_for_url("**/customers/?bucket=61-90")
     assert page.url == console_url + "/customers/?bucket=61-90"
+
+
+def test_drill_from_the_dashboard_to_a_customer_and_one_of_its_invoices(page, console_url, make_user, book):
+    """A manager goes dashboard → the 61–90 bar → the customers in it → Globex → its overdue invoice."""
+    make_user("mia@example.com", "viewer", "Mia Manager")
+    login(page, console_url, "mia@example.com")
+    page.goto(console_url + "/")
+    page.get_by_test_id("aging-bar-61-90").click()
+    page.wait_for_url("**/customers/?bucket=61-90")
+    listing = page.locator("table").first.inner_text()
+    assert "Globex" in listing and "Acme" not in listing and "Initech" not in listing
+    page.get_by_role("link", name="Globex").first.click()
+    page.wait_for_url("**/customers/*")
+    assert "$640.00" in page.content()
+    page.get_by_role("link", name="N-1").first.click()
+    page.wait_for_url("**/customers/invoice/*")
+    body = page.content()
+    assert "N-1" in body and "$640.00" in body and "Globex" in body
