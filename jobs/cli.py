@@ -537,6 +537,27 @@ def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) ->
         console.print(table)
 
 
+@bench.command("console")
+@click.option("--customers", default=15000, show_default=True, type=click.IntRange(min=10))
+@click.option("--invoices", default=100000, show_default=True, type=click.IntRange(min=10))
+@click.option("--requests", default=50, show_default=True, type=click.IntRange(min=1), help="timed requests per page")
+@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+              help="server for --db postgres (a scratch database is created and dropped)")
+@click.option("--json", "as_json", is_flag=True)
+def bench_console(customers, invoices, requests, db_kind, pg_url, as_json) -> None:
+    """Server time (p50/p95) of the console's customer list variants, customer page and dashboard on a
+    store built in bulk."""
+    from jobs.bench_console import console as run_bench, render
+
+    result = run_bench(customers=customers, invoices=invoices, requests=requests, db_kind=db_kind, pg_url=pg_url,
+                       log=None if as_json else console.print)
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        console.print(render(result, f"console bench ({customers:,} customers, {invoices:,} invoices, {db_kind})"))
+
+
 # ---------------------------------------------------------------------- ar
 @main.group()
 def ar() -> None:
