@@ -334,3 +334,14 @@ def test_a_list_by_amount_follows_a_revaluation_at_new_rates(book, client):
     html = client.get("/customers/?sort=open").get_data(as_text=True)
     assert _names(html)[:2] == ["Globex GmbH", "Initech Inc."]  # 1,500 EUR x 3.00 = 4,500 USD > 2,500 USD
     assert "4,500.00" in html
+
+
+def test_the_dashboards_overdue_link_lists_the_overdue_customers_most_first(client, book):
+    """The dashboard links its overdue figures to /customers/?status=overdue&sort=-overdue: the list shows
+    only the customers with an invoice past due, the largest overdue amount first."""
+    html = client.get("/customers/?status=overdue&sort=-overdue").get_data(as_text=True)
+    assert _names(html) == ["Initech Inc.", "Globex GmbH", "Umbrella Corp"]
+    assert _names(client.get("/customers/?sort=-open").get_data(as_text=True))[:3] == \
+        ["Initech Inc.", "Globex GmbH", "Umbrella Corp"]
+    assert _names(client.get("/customers/?status=overdue&collector=cora@example.com").get_data(as_text=True)) == \
+        ["Globex GmbH", "Initech Inc."]

@@ -38,6 +38,7 @@ STATUSES = {
     "promised": "an open promise to pay",
     "credit": "unapplied payments or credit memos",
     "inactive": "inactive in the ERP",
+    "overdue": "an open invoice past its due date",
 }
 PER_PAGE = (25, 50, 100, 200)
 BUCKETS = bucket_labels(DEFAULT_EDGES)  # current, 1-30, 31-60, 61-90, 91+
@@ -116,9 +117,11 @@ class Filters:
         f.bucket = args.get("bucket") if args.get("bucket") in BUCKETS else ""
         campaign = (args.get("campaign") or "").strip()
         f.campaign = int(campaign) if campaign.isdigit() else None
-        f.sort = args.get("sort") if args.get("sort") in SORTS else "name"
+        sort = (args.get("sort") or "").strip()
+        minus = sort.startswith("-") and sort[1:] in SORTS  # "-overdue": descending (the dashboard's links)
+        f.sort = sort[1:] if minus else (sort if sort in SORTS else "name")
         default_desc = f.sort != "name"
-        f.desc = {"desc": True, "asc": False}.get(args.get("dir") or "", default_desc)
+        f.desc = True if minus else {"desc": True, "asc": False}.get(args.get("dir") or "", default_desc)
         page = (args.get("page") or "").strip()
         f.page = max(int(page), 1) if page.isdigit() else 1
         per = (args.get("per_page") or "").strip()
@@ -142,12 +145,12 @@ class Filters:
     @property
     def by_amount(self) -> bool:
         return self.sort != "name" or self.overdue_min is not None or self.overdue_max is not None \
-            or bool(self.bucket)
+            or bool(self.bucket) or self.status == "overdue"
 
     @property
     def zero_qualifies(self) -> bool:
         """Whether a customer with nothing open passes the amount filters."""
-        return (not self.bucket and (self.overdue_min is None or self.overdue_min <= 0)
+        return (not self.bucket and self.status != "overdue" and (self.overdue_min is None or self.overdue_min <= 0)
                 and (self.overdue_max is None or self.overdue_max >= 0))
 
 
@@ -312,6 +315,8 @@ def _balance_having(f: Filters) -> tuple[str, list]:
         args.append(_num(f.overdue_max))
     if f.bucket:
         conds.append(f'b."{BUCKET_COLUMNS[f.bucket]}" > 0')
+    if f.status == "overdue":  # an open invoice due before today (with or without a rate)
+        conds.append('b."oldest_due" IS NOT NULL')
     return (" AND " + " AND ".join(conds) if conds else ""), args
 
 
