@@ -64,7 +64,7 @@ def seed_statement_book(customers: int, invoices_per_customer: int, *, as_of: da
             [{"base_currency": reporting_currency, "currency": c, "rate_date": as_of - timedelta(days=d),
               "rate": r + Decimal(d) / 10000, "source_name": "bench"} for c, r in RATES.items() for d in (0, 3, 30)]
         ).on_conflict_ignore().execute()
-        start = Customer.select().count()
+        start = Customer.select().where(Customer.source == source).count()  # the store may hold others
         rows = []
         for i in range(start, start + customers):
             locale, currency, country = LOCALES[i % len(LOCALES)]
@@ -134,6 +134,36 @@ def _forked(ids: list[int], kwargs: dict, db_url: str) -> tuple[float, float]:
     return time.perf_counter() - t0, cpu
 
 
+def time_in_process(ids: list[int], kwargs: dict, standalone: list[str], laid_out: list[str] | None = None
+                    ) -> tuple[dict[str, list[float]], list[bytes], list[bytes]]:
+    """One customer at a time, ``render_statement_pdf`` (``statements``), the bare
+    ``weasyprint.HTML(string=standalone).write_pdf()`` (``floor``) and, with ``laid_out``,
+    ``html_to_pdf`` of the exact HTML (``layout``), in a rotating order so that a change in the
+    shared machine's load, or a position in the loop, favours none of them. Returns
+    ``{path: [wall seconds, CPU seconds]}``, the statement PDFs and the floor PDFs."""
+    import weasyprint
+
+    from middleware import statements as st
+
+    timed = {"statements": [0.0, 0.0], "floor": [0.0, 0.0]}
+    if laid_out is not None:
+        timed["layout"] = [0.0, 0.0]
+    pdfs: list[bytes] = []
+    floor_pdfs: list[bytes] = []
+    for n, cid in enumerate(ids):
+        bare, html = standalone[n], laid_out[n] if laid_out is not None else None
+        paths = [("statements", lambda: pdfs.append(st.render_statement_pdf(cid, **kwargs))),
+                 ("floor", lambda: floor_pdfs.append(weasyprint.HTML(string=bare).write_pdf())),
+                 ("layout", lambda: st.html_to_pdf(html))][:len(timed)]
+        k = n % len(paths)
+        for name, run in paths[k:] + paths[:k]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            run()
+            timed[name][0] += time.perf_counter() - t0
+            timed[name][1] += time.process_time() - c0
+    return timed, pdfs, floor_pdfs
+
+
 def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: str = "sqlite",
                pg_url: str = "postgresql://postgres@127.0.0.1:5432/test",
                log: Callable[[str], None] | None = None) -> dict:
@@ -168,19 +198,8 @@ def statements(*, invoices_per_statement: int = 60, count: int = 30, db_kind: st
         # back in afterwards, which would be charged to whatever this process timed next)
         forked_warm, forked_warm_cpu = _forked(ids, kwargs, db_url)
         st.html_to_pdf(laid_out[0])  # untimed: takes the page faults that follow the last fork
-        # then one customer at a time, the three in-process paths in a rotating order, so that a
-        # change in the shared machine's load, or a position in the loop, favours none of them
-        timed = {"statements": [0.0, 0.0], "floor": [0.0, 0.0], "layout": [0.0, 0.0]}
-        pdfs, floor_pdfs = [], []
-        for n, (cid, html, bare) in enumerate(zip(ids, laid_out, standalone)):
-            paths = [("statements", lambda: pdfs.append(st.render_statement_pdf(cid, **kwargs))),
-                     ("floor", lambda: floor_pdfs.append(weasyprint.HTML(string=bare).write_pdf())),
-                     ("layout", lambda: st.html_to_pdf(html))]
-            for name, run in paths[n % 3:] + paths[:n % 3]:
-                c0, t0 = time.process_time(), time.perf_counter()
-                run()
-                timed[name][0] += time.perf_counter() - t0
-                timed[name][1] += time.process_time() - c0
+        # then one customer at a time, the three in-process paths in a rotating order
+        timed, pdfs, floor_pdfs = time_in_process(ids, kwargs, standalone, laid_out)
         (seconds, cpu), (floor_seconds, floor_cpu), (layout_seconds, _) = timed.values()
         log(f"forked after warm_up() in the parent ({warmup_seconds:.2f} s): {count} in {forked_warm:.2f} s")
         log(f"statements: {count} in {seconds:.2f} s")
