@@ -561,7 +561,9 @@ def _store_sending(action: DunningAction, composed: Composed, settings: Settings
                   cc_addresses=composed.cc, body_text=composed.body_text,
                   attachments=[a.describe() for a in composed.attachments], status=OutboundStatus.SENDING.value,
                   at=utcnow())
-    with database.atomic():
+    # reads then writes: on SQLite take the write lock at BEGIN (IMMEDIATE), so a concurrent writer
+    # makes this wait (busy_timeout) instead of failing with "database is locked" on a stale snapshot
+    with (database.atomic() if is_postgres(database.obj) else database.atomic("IMMEDIATE")):
         existing = Message.get_or_none(Message.message_id == composed.message_id)
         if existing is None:
             Message.insert(message_id=composed.message_id, **values).execute()
