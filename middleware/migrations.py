@@ -91,6 +91,17 @@ def _m0006_customer_balance(db) -> None:
                        f'("{column}", "customer_id")')
 
 
+def _m0007_wording_and_indexes(db) -> None:
+    # frozen SQL; the collector's wording of one email (middleware.mailer.approve_with_wording),
+    # then indexes for the matching review, the inbox and the dashboard's payments of a month
+    for column in ("subject_override", "body_override"):
+        db.execute_sql(f'ALTER TABLE "dunning_action" ADD COLUMN "{column}" TEXT')
+    db.execute_sql('CREATE INDEX "customer_match_state_id" ON "customer" ("match_state", "id")')
+    db.execute_sql('CREATE INDEX "message_inbox_pending" ON "message" ("routed_to") '
+                   'WHERE "direction" = \'in\' AND "handled_at" IS NULL')
+    db.execute_sql('CREATE INDEX "payment_date" ON "payment" ("date")')
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
@@ -103,6 +114,9 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
      _m0005_open_invoices_by_customer),
     (6, "customer_balance: today's open/overdue per customer in the reporting currency, indexed for the customer "
         "list's amount sorts", _m0006_customer_balance),
+    (7, "dunning_action.subject_override/body_override (an email's wording edited at approval); indexes "
+        "customer(match_state, id), message(routed_to) of unhandled replies, payment(date)",
+     _m0007_wording_and_indexes),
 ]
 
 

@@ -180,7 +180,8 @@ class Customer(BaseModel):
     updated_at = UTCDateTimeField(default=utcnow)
 
     class Meta:
-        indexes = ((("source", "external_id"), True),)
+        indexes = ((("source", "external_id"), True),
+                   (("match_state", "id"), False))  # matching review: one state's customers in id order (migration 7)
 
 
 class Contact(BaseModel):
@@ -269,7 +270,8 @@ class Payment(_Document):
     reference = CharField(null=True)
 
     class Meta:
-        indexes = ((("source", "external_id"), True), (("customer", "date"), False))
+        indexes = ((("source", "external_id"), True), (("customer", "date"), False),
+                   (("date",), False))  # payments of a period across customers: the dashboard (migration 7)
 
 
 class Application(BaseModel):
@@ -614,6 +616,10 @@ class DunningAction(BaseModel):
     decided_at = UTCDateTimeField(null=True)
     attempts = IntegerField(default=0)
     error = TextField(null=True)
+    # the collector's own wording, set when approving (migration 7): plain text, already final,
+    # sent as typed (never rendered by Jinja); None: the template's
+    subject_override = TextField(null=True)
+    body_override = TextField(null=True)
     created_at = UTCDateTimeField(default=utcnow)
     updated_at = UTCDateTimeField(default=utcnow)
 
@@ -641,6 +647,12 @@ class Message(BaseModel):
     matched_by = CharField(null=True)  # token | in_reply_to | invoice_number | sender | domain
     handled_at = UTCDateTimeField(null=True)
     at = UTCDateTimeField(default=utcnow, index=True)
+
+
+#: Replies waiting for someone, per collector (the inbox, the workspace): a partial index of the
+#: inbound messages not handled yet, a small slice of a table mostly made of outbound mail (migration 7).
+Message.add_index(Message.index(Message.routed_to, name="message_inbox_pending",
+                                where=SQL("\"direction\" = 'in' AND \"handled_at\" IS NULL")))
 
 
 class Activity(BaseModel):
