@@ -15,7 +15,7 @@ csrf = CSRFProtect()
 
 
 def create_app(config: dict | None = None) -> Flask:
-    from console import admin, auth, inbound
+    from console import admin, auth, inbound, pay
     from middleware.db import connect, database
     from middleware.migrations import current_version, head
     from middleware.secrets import install_log_redaction
@@ -63,6 +63,7 @@ def create_app(config: dict | None = None) -> Flask:
     admin.init_app(app)
     inbound.init_app(app)  # POST /inbound/email: replies, authenticated by signature (no console login)
     csrf.exempt(inbound.bp)
+    pay.init_app(app)  # GET /pay/<token>: the customers' pay page (no login: the token is signed)
 
     @app.get("/healthz")
     def healthz():

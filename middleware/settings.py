@@ -104,6 +104,8 @@ class Settings:
     imap_url: str | None = field(default=None, repr=False)  # imaps://user:password@host:993/INBOX
     # dunning
     dunning_plan_time: str = "07:00"  # local time (ARHUB_TIMEZONE) of the daily plan
+    # the pay page's "Pay now" button: https://pay.example.com/?c={customer}&a={amount}&cur={currency}&ref={reference}
+    payment_url: str | None = None
     # console
     cash_target: Decimal | None = None  # cash to collect per calendar month, in the reporting currency
 
@@ -184,6 +186,28 @@ def _http_url(name: str, raw: str) -> str:
     value = raw.strip().rstrip("/")
     if not value.startswith(("http://", "https://")) or len(value) < 10:
         raise SettingsError(name, f"expected an http(s) URL like https://arhub.example.com, got {raw!r}")
+    return value
+
+
+_PAYMENT_FIELDS = ("customer", "amount", "currency", "reference")
+
+
+def _payment_url(name: str, raw: str) -> str:
+    """An http(s) URL template whose only placeholders are {customer} {amount} {currency} {reference}."""
+    import string
+
+    value = raw.strip()
+    if not value.startswith(("http://", "https://")):
+        raise SettingsError(name, f"expected an http(s) URL template like https://pay.example.com/?amount={{amount}}, "
+                                  f"got {raw!r}")
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+    except ValueError as exc:
+        raise SettingsError(name, f"not a valid URL template ({exc}): {raw!r}") from None
+    unknown = sorted(fields - set(_PAYMENT_FIELDS))
+    if unknown:
+        raise SettingsError(name, f"unknown placeholder(s) {', '.join('{' + f + '}' for f in unknown)}; "
+                                  f"allowed: {', '.join('{' + f + '}' for f in _PAYMENT_FIELDS)}")
     return value
 
 
@@ -318,6 +342,7 @@ def load_settings(
         inbound_secret=get("ARHUB_INBOUND_SECRET", _text, None),
         imap_url=get("ARHUB_IMAP_URL", _text, None),
         dunning_plan_time=get("ARHUB_DUNNING_PLAN_TIME", _clock_time, "07:00"),
+        payment_url=get("ARHUB_PAYMENT_URL", _payment_url, None),
         cash_target=get("ARHUB_CASH_TARGET", _amount, None),
     )
 
@@ -369,7 +394,8 @@ def env_for(settings: Settings) -> dict[str, str]:
         "ARHUB_DUNNING_PLAN_TIME": settings.dunning_plan_time,
     }
     for name, value in (("ARHUB_SMTP_USERNAME", settings.smtp_username), ("ARHUB_SMTP_PASSWORD", settings.smtp_password),
-                        ("ARHUB_INBOUND_SECRET", settings.inbound_secret), ("ARHUB_IMAP_URL", settings.imap_url)):
+                        ("ARHUB_INBOUND_SECRET", settings.inbound_secret), ("ARHUB_IMAP_URL", settings.imap_url),
+                        ("ARHUB_PAYMENT_URL", settings.payment_url)):
         if value:
             env[name] = value
     if settings.cash_target is not None:
