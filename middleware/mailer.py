@@ -5,7 +5,9 @@
 ``Message-ID: <arhub.<action key>@<reply domain>>`` (the same on every attempt),
 ``Reply-To: reply+<thread token>@<reply domain>`` (one token per customer, stored on
 ``Message.thread_token``), ``Auto-Submitted: auto-generated`` and, when the step says so, the
-statement PDF.
+statement PDF. A subject or text the collector typed when approving
+(:func:`approve_with_wording`, ``DunningAction.subject_override``/``body_override``) replaces
+the template's as plain text, never rendered; a typed text goes out without an HTML part.
 
 :func:`send_action`, the never-twice protocol, each step committed before the next:
 
@@ -55,8 +57,9 @@ from .models import (UTC, ActionStatus, AuditLog, CampaignStep, Customer, Dunnin
 from .settings import Settings, get_settings
 from .templating import TemplateRenderError, parse_locale, render_string
 
-__all__ = ["MailError", "OutboundStatus", "PermanentMailError", "SendOutcome", "TransientMailError", "compose_action",
-           "message_id_for", "release_for_resend", "send_action", "send_test", "thread_token_for"]
+__all__ = ["MailError", "OutboundStatus", "PermanentMailError", "SendOutcome", "TransientMailError",
+           "approve_with_wording", "compose_action", "message_id_for", "release_for_resend", "send_action", "send_test",
+           "template_wording", "thread_token_for"]
 
 log = logging.getLogger(__name__)
 
@@ -320,10 +323,20 @@ def compose_action(action: DunningAction, *, settings: Settings | None = None,
                                  subject=subject, recipient=action.to_address)
     attachments = [_statement(customer, s, statement_renderer)] if step.attach_statement else []
     context = template_context(action, pay_url=_pay_url(customer.id, s))  # docs/dunning.md lists its keys
+    subject_override = _SPACES.sub(" ", action.subject_override or "").strip() or None
+    body_override = action.body_override if (action.body_override or "").strip() else None
     try:
         title, text, html = _render(template, context, locale)
     except TemplateRenderError as exc:
-        raise PermanentMailError(f"{subject}: {exc}", subject=subject, recipient=action.to_address) from exc
+        if not (subject_override and body_override):  # the collector's own wording needs no template
+            raise PermanentMailError(f"{subject}: {exc}", subject=subject, recipient=action.to_address) from exc
+        title, text, html = "", "", None
+    # the collector's wording (approve_with_wording): plain text as typed, never through Jinja;
+    # a typed body replaces the template's HTML too (it would still say the template's words)
+    if subject_override:
+        title = subject_override
+    if body_override:
+        text, html = body_override, None
     existing = Message.get_or_none(Message.action == action.id, Message.direction == "out")
     token = existing.thread_token if existing and existing.thread_token else thread_token_for(customer.id)
     message_id = existing.message_id if existing else message_id_for(action, s)
@@ -331,6 +344,73 @@ def compose_action(action: DunningAction, *, settings: Settings | None = None,
     msg = build_message(settings=s, subject=title, text=text, html=html, to=action.to_address, cc=cc,
                         message_id=message_id, thread_token=token, attachments=attachments)
     return Composed(msg, message_id, token, title, text, action.to_address, cc, template.language, attachments)
+
+
+#: The longest subject a collector may type (an email header line stops at 998 characters).
+MAX_SUBJECT = 300
+#: The longest text a collector may type.
+MAX_BODY = 100_000
+
+
+def template_wording(action: DunningAction, *, settings: Settings | None = None) -> tuple[str, str]:
+    """The subject and text the step's template renders for ``action``, ignoring any wording a
+    collector typed (the statement PDF is not rendered). Raises :class:`MailError` like
+    :func:`compose_action`."""
+    plain = DunningAction(**{**action.__data__, "subject_override": None, "body_override": None})
+    composed = compose_action(plain, settings=settings, statement_renderer=lambda *a, **k: b"")
+    return composed.subject, composed.body_text
+
+
+def _typed(subject: str | None, body: str | None) -> tuple[str | None, str | None]:
+    subject = _SPACES.sub(" ", subject or "").strip() or None  # one line: no header injection
+    body = (body or "").replace("\r\n", "\n").replace("\r", "\n")
+    body = body if body.strip() else None
+    if subject and len(subject) > MAX_SUBJECT:
+        raise ValueError(f"the subject is longer than {MAX_SUBJECT} characters")
+    if body and len(body) > MAX_BODY:
+        raise ValueError(f"the text is longer than {MAX_BODY:,} characters")
+    return subject, body
+
+
+def approve_with_wording(action_id: int, actor: str, *, subject: str | None = None, body: str | None = None,
+                         edits: dict | None = None, now: datetime | None = None,
+                         settings: Settings | None = None) -> DunningAction:
+    """Approve a pending action (``middleware.dunning.approve`` with ``edits``) with the
+    collector's own ``subject`` and/or ``body``: plain text, sent as typed (no Jinja), stored on
+    ``subject_override``/``body_override`` in the same transaction as the approval, so every
+    attempt of the send composes the same email (same Message-ID, reply token, statement).
+
+    An empty ``subject``/``body``, or one equal to what the template renders, keeps the
+    template's. An edit is audited (``dunning.wording``: before = the template's rendering,
+    after = what will be sent) beside the approval's own ``dunning.approved`` row. Raises
+    ``DunningError`` (not pending, expired, bad edits) or ``ValueError`` (too long); nothing is
+    stored then."""
+    from .dunning import approve
+
+    subject, body = _typed(subject, body)
+    action = DunningAction.get_or_none(DunningAction.id == action_id)
+    if action is None or not (subject or body):
+        return approve(action_id, actor, edits, now=now)
+    try:
+        original_subject, original_body = template_wording(action, settings=settings)
+    except MailError:
+        original_subject = original_body = None  # the template does not render: only typed wording can go out
+    if subject == original_subject:
+        subject = None
+    if body is not None and original_body is not None and body.rstrip() == original_body.replace(
+            "\r\n", "\n").rstrip():
+        body = None
+    if not (subject or body):
+        return approve(action_id, actor, edits, now=now)
+    with database.atomic():
+        DunningAction.update(subject_override=subject, body_override=body).where(
+            DunningAction.id == action_id, DunningAction.status == ActionStatus.PENDING_APPROVAL.value).execute()
+        approved = approve(action_id, actor, edits, now=now)  # refuses (and so rolls back) a non-pending one
+        AuditLog.create(actor=actor, action="dunning.wording", object_type="dunning_action",
+                        object_id=str(action_id),
+                        before={"subject": original_subject, "body_text": original_body},
+                        after={"subject": subject or original_subject, "body_text": body or original_body})
+    return approved
 
 
 # -- SMTP ---------------------------------------------------------------------------------------

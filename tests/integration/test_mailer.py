@@ -32,7 +32,7 @@ from jobs.dunning import enqueue_dunning_email, job_id_for, send_due_actions, se
 from jobs.queues import get_queue
 from middleware import mailer
 from middleware.models import (
-    ActionStatus, Campaign, CampaignStep, Company, Contact, Customer, DunningAction, Invoice, Message, Source,
+    ActionStatus, AuditLog, Campaign, CampaignStep, Company, Contact, Customer, DunningAction, Invoice, Message, Source,
     Template, User,
 )
 from middleware.settings import get_settings, reset_settings
@@ -552,6 +552,89 @@ def test_test_send_goes_only_to_the_tester(world, smtp_server, use_smtp):
     row = Message.get(Message.message_id == result["message_id"])
     assert (row.customer_id, row.action_id, row.status) == (None, None, "sent")
     assert DunningAction.select().count() == 0
+
+
+# -- wording typed by the collector at approval ----------------------------------------------------
+
+
+def test_edited_wording_is_sent_as_typed_with_the_statement_and_threading(world, smtp_server, use_smtp):
+    """Approved with the collector's own subject and text: the customer gets exactly that text
+    (placeholders stay literal: no template engine), no HTML part, still the statement PDF, the
+    action's Message-ID and a reply token; the audit row keeps the template's wording and the
+    typed one; a second run sends nothing."""
+    controller, sink = smtp_server()
+    use_smtp(controller)
+    world.step.attach_statement = True
+    world.step.save()
+    cust, inv = world.customer()
+    action = world.action(cust, inv, status=ActionStatus.PENDING_APPROVAL.value)
+    typed = "Liebe Frau Schmidt,\r\nwie besprochen: bitte bis Freitag. {{ customer.name }} bleibt so.\r\n"
+
+    approved = mailer.approve_with_wording(action.id, "clara@example.com", subject="  Wie besprochen:\n Rechnung ",
+                                           body=typed)
+    assert approved.status == "approved" and approved.decided_by == "clara@example.com"
+    assert approved.subject_override == "Wie besprochen: Rechnung"
+    outcome = mailer.send_action(action.id, settings=get_settings(),
+                                 statement_renderer=lambda customer_id, **kw: b"%PDF-1.7 statement")
+
+    assert outcome.status == "sent"
+    [got] = sink.received
+    msg = got.message
+    assert msg["Subject"] == "Wie besprochen: Rechnung"
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == (
+        "Liebe Frau Schmidt,\nwie besprochen: bitte bis Freitag. {{ customer.name }} bleibt so.\n")
+    assert [p.get_content_type() for p in msg.walk()] == ["multipart/mixed", "text/plain", "application/pdf"]
+    assert msg["Message-ID"] == f"<arhub.{action.key}@reply.example.com>"
+    [row] = out_messages(action)
+    assert msg["Reply-To"] == f"Forderungsmanagement <reply+{row.thread_token}@reply.example.com>"
+    assert row.subject == "Wie besprochen: Rechnung" and "{{ customer.name }} bleibt so." in row.body_text
+    audit = AuditLog.get(AuditLog.action == "dunning.wording")
+    assert audit.actor == "clara@example.com" and audit.object_id == str(action.id)
+    assert audit.before["subject"] == "Zahlungserinnerung Müller GmbH: 1.234,50\xa0€ offen"
+    assert "Guten Tag Anna Schmidt," in audit.before["body_text"]
+    assert audit.after == {"subject": "Wie besprochen: Rechnung", "body_text": approved.body_override}
+    assert mailer.send_action(action.id, settings=get_settings()).status == "already_sent"
+    assert len(sink.received) == 1
+
+
+def test_an_empty_or_unchanged_edit_keeps_the_template(world, smtp_server, use_smtp):
+    """An emptied subject and a text left as the template rendered it store no wording and
+    write no wording audit: the email is the template's (German, with its HTML part). A typed
+    subject alone keeps the template's text and HTML."""
+    controller, sink = smtp_server()
+    use_smtp(controller)
+    cust, inv = world.customer()
+    plain = world.action(cust, inv, status=ActionStatus.PENDING_APPROVAL.value)
+    _, rendered = mailer.template_wording(plain)
+    mailer.approve_with_wording(plain.id, "clara@example.com", subject="   ", body=rendered.replace("\n", "\r\n"))
+    cust2, inv2 = world.customer(name="Schulz KG", email="ap@schulz.example")
+    subject_only = world.action(cust2, inv2, status=ActionStatus.PENDING_APPROVAL.value)
+    mailer.approve_with_wording(subject_only.id, "clara@example.com", subject="Kurze Erinnerung", body="")
+
+    assert (reload(plain).subject_override, reload(plain).body_override) == (None, None)
+    assert reload(plain).status == "approved"
+    assert mailer.send_action(plain.id, settings=get_settings()).status == "sent"
+    assert mailer.send_action(subject_only.id, settings=get_settings()).status == "sent"
+    first, second = (r.message for r in sink.received)
+    assert first["Subject"] == "Zahlungserinnerung Müller GmbH: 1.234,50\xa0€ offen"
+    assert first.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip() == rendered.rstrip()
+    assert second["Subject"] == "Kurze Erinnerung"
+    assert "Guten Tag Anna Schmidt," in second.get_body(("plain",)).get_content()
+    assert second.get_body(("html",)) is not None
+    assert [a.object_id for a in AuditLog.select().where(AuditLog.action == "dunning.wording")] == [
+        str(subject_only.id)]
+
+
+def test_wording_on_an_action_not_waiting_for_approval_is_refused_and_not_stored(world):
+    """Editing the wording of an email already approved (or sent) is refused and changes nothing."""
+    from middleware.dunning.base import DunningError
+
+    cust, inv = world.customer()
+    action = world.action(cust, inv, status=ActionStatus.APPROVED.value)
+    with pytest.raises(DunningError):
+        mailer.approve_with_wording(action.id, "clara@example.com", subject="Neu", body="Neuer Text")
+    assert (reload(action).subject_override, reload(action).body_override) == (None, None)
+    assert AuditLog.select().where(AuditLog.action == "dunning.wording").count() == 0
 
 
 # -- queueing -------------------------------------------------------------------------------------
