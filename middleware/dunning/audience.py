@@ -12,7 +12,7 @@ from .base import DunningError, OPPORTUNITY_TYPES
 # ---------------------------------------------------------------------------------- audience
 _RANGE_OPS = {"gte": ("≥", lambda a, b: a >= b), "gt": (">", lambda a, b: a > b),
               "lte": ("≤", lambda a, b: a <= b), "lt": ("<", lambda a, b: a < b)}
-_LIST_KEYS = ("tags_any", "tags_all", "tags_none", "segments", "currencies", "countries")
+_LIST_KEYS = ("tags_any", "tags_all", "tags_none", "segments", "currencies", "countries", "sources")
 AUDIENCE_KEYS = frozenset(_LIST_KEYS) | {f"{f}_{op}" for f in ("arr", "balance") for op in _RANGE_OPS} | {
     "open_opportunity"}
 
@@ -34,15 +34,16 @@ class Facts:
     amount in reporting currency; None: unknown, a rate is missing) may be given as a function,
     computed on first use: only customers that reach a rule on the balance pay for it."""
     __slots__ = ("customer_id", "name", "arr", "segment", "country", "currency", "tags", "_balance",
-                 "opportunities", "as_of")
+                 "opportunities", "as_of", "source")
 
     def __init__(self, customer_id: int, name: str = "", arr: Decimal | None = None, segment: str | None = None,
                  country: str | None = None, currency: str | None = None, tags: frozenset = frozenset(),
                  balance: Decimal | None | Callable[[], Decimal | None] = None, opportunities: list | None = None,
-                 as_of: date | None = None):
+                 as_of: date | None = None, source: str | None = None):
         self.customer_id, self.name, self.arr, self.segment = customer_id, name, arr, segment
         self.country, self.currency, self.tags, self._balance = country, currency, tags, balance
         self.opportunities, self.as_of = opportunities or [], as_of
+        self.source = source  # the name of the ERP source the customer comes from
 
     @property
     def balance(self) -> Decimal | None:
@@ -124,6 +125,8 @@ def _check_one(key: str, want, f: Facts) -> tuple[bool, str, str]:
         return (f.currency or "").upper() in {w.upper() for w in want}, f"one of {_fmt(want)}", _fmt(f.currency)
     if key == "countries":
         return (f.country or "").upper() in {w.upper() for w in want}, f"one of {_fmt(want)}", _fmt(f.country)
+    if key == "sources":
+        return f.source in want, f"one of {_fmt(want)}", _fmt(f.source)
     if key == "open_opportunity":
         days, types = want["within_days"], set(want.get("types") or OPPORTUNITY_TYPES)
         limit = f.as_of + timedelta(days=days) if f.as_of else None
@@ -147,12 +150,13 @@ def compile_audience(rule: dict | None, *, ignore: Iterable[str] = ()) -> Callab
     for key, want in sorted((rule or {}).items(), key=lambda kv: kv[0].startswith(costly)):
         if key in skip:
             continue
-        if key in ("tags_any", "tags_all", "tags_none", "segments"):
+        if key in ("tags_any", "tags_all", "tags_none", "segments", "sources"):
             wanted = frozenset(want)
             tests.append({"tags_any": lambda f, w=wanted: not w.isdisjoint(f.tags),
                           "tags_all": lambda f, w=wanted: w <= f.tags,
                           "tags_none": lambda f, w=wanted: w.isdisjoint(f.tags),
-                          "segments": lambda f, w=wanted: f.segment in w}[key])
+                          "segments": lambda f, w=wanted: f.segment in w,
+                          "sources": lambda f, w=wanted: f.source in w}[key])
         elif key in ("currencies", "countries"):
             wanted = frozenset(w.upper() for w in want)
             attr = "currency" if key == "currencies" else "country"

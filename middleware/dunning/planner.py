@@ -223,7 +223,7 @@ class _Planner:
         for part in self._chunks(ids):
             extra, args = self._in('"id"', part)
             sql = ('SELECT "id", "name", "arr", "segment", "country", "billing_currency", "timezone", "locale", '
-                   '"collector", "paused_until", "paused_reason", "sf_account_id", "number" FROM "customer" '
+                   '"collector", "paused_until", "paused_reason", "sf_account_id", "number", "source_id" FROM "customer" '
                    'WHERE "deleted_at" IS NULL' + extra)
             self.customers.update((row[0], row) for row in database.execute_sql(sql, args).fetchall()
                                   if row[0] in wanted)
@@ -297,11 +297,12 @@ class _Planner:
         empty: frozenset = frozenset()
         matchers = [(c, self.matchers[c.id]) for c in self.campaigns]
         opps, tags, as_of, balance = self.opps, self.tags, self.as_of, self.balance
+        sources = dict(database.execute_sql('SELECT "id", "name" FROM "source"').fetchall())  # audience "sources"
         for cid, row in self.customers.items():
             f = self.facts_of[cid] = Facts(
                 cid, row[1], to_decimal(row[2]), row[3], row[4], row[5],
                 frozenset(tags[cid]) if cid in tags else empty,
-                (lambda cid=cid: balance(cid)), opps.get(cid), as_of)
+                (lambda cid=cid: balance(cid)), opps.get(cid), as_of, sources.get(row[13]))
             self.membership[cid] = next((c for c, match in matchers if match(f)), None)
 
     def _timed(self, stage: str, fn, *args):
