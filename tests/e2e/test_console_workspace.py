@@ -50,7 +50,7 @@ def _approve_in_browser(page, console_url, action):
     row.get_by_role("link", name="Review").click()
     assert page.get_by_test_id("email-subject").inner_text() == "Zahlungserinnerung Müller GmbH"
     assert "1.234,50" in page.get_by_test_id("email-body").inner_text()
-    page.get_by_role("button", name="Approve").click()
+    page.get_by_role("button", name="Approve", exact=True).click()
     page.get_by_text("Approved: the email to anna@mueller.example").wait_for()
     assert page.locator(f'tr[data-action-id="{action.id}"]').count() == 0
     assert "Nothing waits for approval." in page.get_by_test_id("approvals").inner_text()
@@ -65,6 +65,29 @@ def test_a_collector_approves_a_queued_email_and_it_leaves_the_list(page, consol
     page.get_by_text("It goes out at").wait_for()
     stored = DunningAction.get_by_id(action.id)
     assert stored.status == "approved" and stored.decided_by == "bob@example.com"
+
+
+def test_a_collector_edits_the_wording_before_approving(page, console_url, make_user):
+    """On the review page Bob opens "Edit the wording", sees the template's German text in the
+    fields, replaces the subject and the text and clicks "Edit and approve": the list says it
+    was approved with his wording, and the review page now shows his words as the email."""
+    make_user("bob@example.com", "collector", "Bob Collector")
+    action = _waiting_email(datetime.now(UTC) + timedelta(hours=5))
+    login(page, console_url, "bob@example.com")
+    page.goto(f"{console_url}/workspace/approvals/{action.id}")
+    page.get_by_test_id("edit-wording").get_by_text("Edit the wording").click()
+    assert page.get_by_label("Subject").input_value() == "Zahlungserinnerung Müller GmbH"
+    assert "Guten Tag Anna Schmidt," in page.get_by_label("Text").input_value()
+    page.get_by_label("Subject").fill("Wie besprochen: RE-0001")
+    page.get_by_label("Text").fill("Liebe Frau Schmidt,\nwie telefonisch besprochen bis Freitag.\nBob")
+    page.get_by_role("button", name="Edit and approve").click()
+    page.get_by_text("Approved with your wording: the email to anna@mueller.example").wait_for()
+    stored = DunningAction.get_by_id(action.id)
+    assert stored.status == "approved" and stored.subject_override == "Wie besprochen: RE-0001"
+    page.goto(f"{console_url}/workspace/approvals/{action.id}")
+    assert page.get_by_test_id("email-subject").inner_text() == "Wie besprochen: RE-0001"
+    assert "wie telefonisch besprochen bis Freitag." in page.get_by_test_id("email-body").inner_text()
+    assert page.get_by_test_id("wording-edited").is_visible()
 
 
 def test_an_approved_email_that_is_due_is_sent_by_the_worker(page, console_url, make_user, monkeypatch,

@@ -2,6 +2,7 @@
 bulk reassignment, and who may act (SQLite and PostgreSQL, through the Flask test client)."""
 from __future__ import annotations
 
+import html
 import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -14,7 +15,9 @@ from console.views.workspace import queries
 from middleware.models import (
     Activity, AuditLog, Campaign, CampaignStep, Contact, Customer, DunningAction, Invoice, Message, Source, Template,
 )
+from middleware.mailer import send_action
 from middleware.people import create_user, set_away, today
+from tests.integration.test_mailer import smtp_server, use_smtp  # noqa: F401  (fixtures: aiosmtpd on loopback)
 
 PASSWORD = "correct horse battery"
 UTC = timezone.utc
@@ -197,6 +200,58 @@ def test_approving_with_edits_changes_the_recipient_and_narrows_the_invoices(wor
     assert stored.cc == ["x@customer.example"] and stored.invoice_ids == [two.id]
     audit = AuditLog.get(AuditLog.action == "dunning.approved")
     assert audit.actor == "bob@example.com" and audit.before["to_address"] != "cfo@customer.example"
+
+
+def _shown(page: str) -> dict:
+    """The wording the review page showed (its hidden ``*_shown`` fields), as the browser posts it."""
+    subject = re.search(r'name="subject_shown" value="([^"]*)"', page).group(1)
+    body = re.search(r'<textarea name="body_shown" hidden>(.*?)</textarea>', page, re.S).group(1)
+    return {"subject_shown": html.unescape(subject), "body_shown": html.unescape(body).replace("\n", "\r\n")}
+
+
+def test_edit_and_approve_sends_the_typed_wording_and_an_empty_edit_keeps_the_template(
+        world, smtp_server, use_smtp):
+    """Bob opens "Edit the wording" on the review page, types his own subject and text (with
+    a literal {{ ... }} that must stay as typed) and approves: the email the SMTP server gets
+    carries exactly his words, the audit keeps the template's text and his; the page then says
+    the wording was edited. On a second email he empties both fields: it goes out with the
+    template's subject and text."""
+    controller, sink = smtp_server()
+    use_smtp(controller)
+    w = world
+    cust = w.customer("Wording AG")
+    inv = w.invoice(cust, "250", 9)
+    act = w.action(cust, [inv])
+    other = w.action(cust, [inv])
+    client = _client(w.app, "bob@example.com")
+    page = client.get(f"/workspace/approvals/{act.id}").get_data(as_text=True)
+    assert "Edit and approve" in page and 'value="Overdue: Wording AG"' in page
+    typed = "Hi Pat,\r\nas agreed on the phone: {{ invoices }} by Friday, please.\r\nBob"
+    resp = client.post(f"/workspace/approvals/{act.id}/approve",
+                       data={"csrf_token": client.token, "subject": "As agreed: INV due Friday", "body": typed,
+                             "edited": "1", **_shown(page)})
+    assert resp.status_code == 302
+    stored = DunningAction.get_by_id(act.id)
+    assert stored.status == "approved" and stored.subject_override == "As agreed: INV due Friday"
+    audit = AuditLog.get(AuditLog.action == "dunning.wording")
+    assert audit.actor == "bob@example.com" and audit.before["subject"] == "Overdue: Wording AG"
+    assert audit.before["body_text"].startswith("Dear Pat Payer,") and "{{ invoices }}" in audit.after["body_text"]
+    assert "wording edited" in client.get(f"/workspace/approvals/{act.id}").get_data(as_text=True)
+
+    page = client.get(f"/workspace/approvals/{other.id}").get_data(as_text=True)
+    client.post(f"/workspace/approvals/{other.id}/approve",
+                data={"csrf_token": client.token, "subject": "", "body": "  ", **_shown(page)})
+    untouched = DunningAction.get_by_id(other.id)
+    assert untouched.status == "approved" and (untouched.subject_override, untouched.body_override) == (None, None)
+
+    assert send_action(act.id).status == "sent" and send_action(other.id).status == "sent"
+    edited, template = (r.message for r in sink.received)
+    assert edited["Subject"] == "As agreed: INV due Friday"
+    assert edited.get_body(("plain",)).get_content().replace("\r\n", "\n").rstrip() == (
+        "Hi Pat,\nas agreed on the phone: {{ invoices }} by Friday, please.\nBob")
+    assert template["Subject"] == "Overdue: Wording AG"
+    assert "Dear Pat Payer," in template.get_body(("plain",)).get_content() and inv.number in str(template)
+    assert AuditLog.select().where(AuditLog.action == "dunning.wording").count() == 1
 
 
 def test_skipping_an_email_records_the_reason(world):

@@ -180,9 +180,11 @@ class WorkspaceView(SecureView):
 
     @expose("/approvals/<int:action_id>/approve", methods=["POST"])
     def approve(self, action_id: int):
-        """Approve (with the edits given); an email due now goes to the send queue at once."""
+        """Approve (with the edits given, and the subject/text if typed: "Edit and approve"); an
+        email due now goes to the send queue at once."""
         from middleware.dunning import approve
         from middleware.dunning.base import DunningError
+        from middleware.mailer import approve_with_wording
 
         _need("work")
         action, customer = self._action(action_id)
@@ -190,12 +192,30 @@ class WorkspaceView(SecureView):
             _forbid("This approval belongs to another collector's accounts.")
         try:
             edits = self._edits(action)
-            approved = approve(action_id, current_user.email, edits or None)
+            subject, body = self._wording()
+            if subject or body:
+                approved = approve_with_wording(action_id, current_user.email, subject=subject, body=body,
+                                                edits=edits or None)
+            else:
+                approved = approve(action_id, current_user.email, edits or None)
         except (DunningError, ValueError) as exc:
             flash(f"Not approved: {exc}", "danger")
             return redirect(url_for(".approval", action_id=action_id))
-        flash(f"Approved: the email to {approved.to_address} for {customer.name}. " + _dispatch(approved), "success")
+        edited = " with your wording" if approved.subject_override or approved.body_override else ""
+        flash(f"Approved{edited}: the email to {approved.to_address} for {customer.name}. " + _dispatch(approved),
+              "success")
         return _back(url_for(".approvals"))
+
+    def _wording(self) -> tuple[str | None, str | None]:
+        """The subject and text typed on the review page, each only when it differs from what the
+        page showed (``*_shown``): an untouched or emptied field keeps the template's."""
+        form = request.form
+        found = []
+        for name in ("subject", "body"):
+            typed = (form.get(name) or "").replace("\r\n", "\n")
+            shown = (form.get(f"{name}_shown") or "").replace("\r\n", "\n")
+            found.append(typed if typed.strip() and typed.strip() != shown.strip() else None)
+        return found[0], found[1]
 
     def _edits(self, action: DunningAction) -> dict:
         form = request.form
