@@ -16,6 +16,12 @@ a duplicate enqueue during a restart is harmless.
 * ``jobs.dunning.send_due_actions`` on queue ``dunning`` every 5 minutes (emails whose sending
   window opened).
 * ``jobs.inbox.poll_imap`` on queue ``default`` every minute when ``ARHUB_IMAP_URL`` is set.
+* ``jobs.balances.refresh_balances`` on queue ``default`` at minute ``BALANCE_REFRESH_TIME`` (00:05
+  in ``ARHUB_TIMEZONE``) of every hour: the run after midnight rebuilds ``customer_balance`` for the
+  new day, so the first customer list sorted by amount does not; the other 23 runs find the table
+  current (one one-row SELECT) and stop. Hourly rather than daily so it lands at 00:05 local
+  whatever DST did since the cron process started (a daily time in UTC would drift to 23:05 and
+  refresh nothing), and so a failed midnight run is retried within the hour.
 """
 from __future__ import annotations
 
@@ -23,6 +29,8 @@ from rq import cron
 
 from datetime import datetime, timezone
 
+from jobs.balances import JOB_TIMEOUT_SECONDS as BALANCE_JOB_TIMEOUT_SECONDS
+from jobs.balances import refresh_balances
 from jobs.dunning import plan_dunning, send_due_actions
 from jobs.inbox import poll_imap
 from jobs.salesforce import sync_salesforce_all
@@ -64,6 +72,24 @@ cron.register(
     cron=utc_cron_for(_settings.dunning_plan_time, _settings.tzinfo),
     job_timeout=SYNC_JOB_TIMEOUT_SECONDS,
     name="plan-dunning",
+)
+
+#: Local time (ARHUB_TIMEZONE) of the balance refresh after midnight; its minute is used every hour.
+BALANCE_REFRESH_TIME = "00:05"
+
+
+def hourly_cron_at(local_time: str, tz) -> str:
+    """Every hour at the minute ``local_time`` has in UTC: ``"00:05"`` in Asia/Kolkata (UTC+5:30)
+    → ``"35 * * * *"``; one of those runs is at ``local_time`` whatever the DST offset."""
+    return utc_cron_for(local_time, tz).split(" ", 1)[0] + " * * * *"
+
+
+cron.register(
+    refresh_balances,
+    queue_name="default",
+    cron=hourly_cron_at(BALANCE_REFRESH_TIME, _settings.tzinfo),
+    job_timeout=BALANCE_JOB_TIMEOUT_SECONDS,
+    name="refresh-balances",
 )
 
 cron.register(send_due_actions, queue_name="dunning", interval=300, job_timeout=600, name="send-due-emails")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import redis
 from rq.cron import CronScheduler
 
+from jobs.balances import refresh_balances
 from jobs.salesforce import sync_salesforce_all
 from jobs.sync import sync_erp_all
 
@@ -62,3 +63,41 @@ def test_the_daily_plan_runs_at_the_local_time_in_utc(settings, monkeypatch):
     assert jobs["plan-dunning"].cron == "30 22 * * *" and jobs["plan-dunning"].queue_name == "dunning"
     assert jobs["send-due-emails"].interval == 300
     assert jobs["poll-imap"].interval == 60
+
+
+def test_the_balance_refresh_runs_just_after_local_midnight_every_day(settings, monkeypatch):
+    """customer_balance is rebuilt by the cron at 00:05 in ARHUB_TIMEZONE, before anyone lists
+    customers by amount: the job runs at that minute of every hour (in Asia/Kolkata, UTC+5:30,
+    minute 35 UTC; 00:05 IST is 18:35 UTC), so one run falls at 00:05 local on every day of the
+    year, DST or not, and the others find the table current."""
+    from middleware.settings import reset_settings
+
+    monkeypatch.setenv("ARHUB_TIMEZONE", "Asia/Kolkata")
+    reset_settings()
+    scheduler = CronScheduler(connection=redis.Redis())
+    scheduler.load_config_from_file("jobs.schedule")
+    job = {j.name: j for j in scheduler.get_jobs()}["refresh-balances"]
+    assert job.func is refresh_balances and job.queue_name == "default"
+    assert job.cron == "35 * * * *"
+    assert job.job_options["job_timeout"] >= 600
+
+
+def test_hourly_cron_at_hits_local_midnight_in_winter_and_summer():
+    """Computed on any day, the expression matches 00:05 local time (read as UTC, as the cron
+    process does) on a winter and a summer day in Europe/Berlin (UTC+1 / UTC+2) and in
+    America/New_York (UTC-5 / UTC-4), and on any day in Asia/Kathmandu (UTC+5:45)."""
+    from datetime import datetime, timezone
+    from zoneinfo import ZoneInfo
+
+    from croniter import croniter
+
+    from jobs.schedule import hourly_cron_at
+
+    for zone in ("Europe/Berlin", "America/New_York", "Asia/Kathmandu"):
+        tz = ZoneInfo(zone)
+        expression = hourly_cron_at("00:05", tz)
+        for month in (1, 7):
+            local = datetime(2026, month, 15, 0, 5, tzinfo=tz)
+            utc = local.astimezone(timezone.utc).replace(tzinfo=None)
+            assert croniter.match(expression, utc), (zone, month, expression, utc)
+            assert not croniter.match(expression, utc.replace(minute=(utc.minute + 30) % 60)), expression
