@@ -21,7 +21,9 @@ embedded Redis of that var dir (never a shared one):
    process), ``statement_floor_ratio`` = statement seconds / floor seconds;
 4. **emails**: up to ``--emails`` planned email actions without an attachment, enqueued with
    ``enqueue_dunning_email`` to two real ``rq worker`` processes
-   (``jobs.queues.start_worker_process``, started and registered before the clock) that send them
+   (``jobs.queues.start_worker_process``, started and registered before the clock; class
+   ``jobs.queues.MailWorker``, the Procfile's ``mailer``, or with ``--email-worker fork`` the
+   forking ``jobs.queues.Worker``) that send them
    through the never-twice protocol to an aiosmtpd server on loopback started by the bench;
    ``emails_per_s`` runs from the first enqueue to the last message the server received.
 """
@@ -156,14 +158,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _emails(limit: int, workers: int, log: Callable[[str], None]) -> dict:
+def _emails(limit: int, workers: int, log: Callable[[str], None], worker_class: str = "mail") -> dict:
     """Send up to ``limit`` planned email actions without attachment through ``workers`` real rq
     workers to an aiosmtpd server on loopback; the rate from the first enqueue to the last message."""
     from aiosmtpd.controller import Controller
     from peewee import fn
 
     from jobs.dunning import enqueue_dunning_email
-    from jobs.queues import close_embedded, get_queue, redis_url_for_workers, start_worker_process, wait_for_worker
+    from jobs.queues import (MAIL_WORKER_CLASS, WORKER_CLASS, close_embedded, get_queue, redis_url_for_workers,
+                             start_worker_process, wait_for_worker)
     from middleware.models import ActionStatus, CampaignStep, DunningAction
     from middleware.settings import get_settings
 
@@ -183,8 +186,9 @@ def _emails(limit: int, workers: int, log: Callable[[str], None]) -> dict:
                "ARHUB_LOG_LEVEL": "WARNING"}
         t0 = time.perf_counter()
         logs = [open(settings.var_dir / f"worker-{n}.log", "wb") for n in range(workers)]
+        cls = MAIL_WORKER_CLASS if worker_class == "mail" else WORKER_CLASS
         procs = [start_worker_process(["dunning"], settings=settings, env=env, with_scheduler=False,
-                                      stdout=f, stderr=subprocess.STDOUT) for f in logs]
+                                      worker_class=cls, stdout=f, stderr=subprocess.STDOUT) for f in logs]
         queue = get_queue("dunning", settings)
         for proc in procs:
             wait_for_worker(proc, queue.connection, timeout=120)
@@ -194,8 +198,14 @@ def _emails(limit: int, workers: int, log: Callable[[str], None]) -> dict:
         enqueue_seconds = time.perf_counter() - started
         deadline = started + 120 + enqueued / 5
         final = {ActionStatus.SENT.value, ActionStatus.FAILED.value, ActionStatus.SKIPPED.value}
+        seen, progress = 0, time.perf_counter()
         while handler.received < enqueued and time.perf_counter() < deadline:
             time.sleep(0.05)
+            if handler.received != seen:
+                seen, progress = handler.received, time.perf_counter()
+            elif time.perf_counter() - progress > 30:
+                log("no email for 30 s: giving up the wait (see the reasons below)")
+                break
             if any(p.poll() is not None for p in procs):
                 raise RuntimeError("an rq worker exited during the email run")
             if handler.received and int(time.perf_counter() * 4) % 8 == 0:  # now and then: all settled?
@@ -233,7 +243,7 @@ def _emails(limit: int, workers: int, log: Callable[[str], None]) -> dict:
             "emails_not_sent_because": errors[:5],
             "emails_enqueue_seconds": round(enqueue_seconds, 3), "emails_seconds": round(seconds, 3),
             "emails_per_s": round(handler.received / seconds, 1) if seconds > 0 and handler.received else 0.0,
-            "email_workers": workers}
+            "email_workers": workers, "email_worker_class": cls}
 
 
 def _statements(count: int, lines: int, log: Callable[[str], None]) -> dict:
@@ -258,7 +268,7 @@ def _statements(count: int, lines: int, log: Callable[[str], None]) -> dict:
 
 def dunning(*, customers: int, invoices: int, db_kind: str = "sqlite",
             pg_url: str = "postgresql://postgres@127.0.0.1:5432/test", statements: int = 12, emails: int = 2000,
-            workers: int = 2, log: Callable[[str], None] | None = None) -> dict:
+            workers: int = 2, email_worker: str = "mail", log: Callable[[str], None] | None = None) -> dict:
     """Run the bench (see the module docstring) and return its figures."""
     import weasyprint
 
@@ -303,7 +313,7 @@ def dunning(*, customers: int, invoices: int, db_kind: str = "sqlite",
             if statements:
                 figures.update(_statements(statements, 60, say))
             if emails:
-                figures.update(_emails(emails, workers, say))
+                figures.update(_emails(emails, workers, say, email_worker))
     finally:
         if saved_redis is not None:
             os.environ["ARHUB_REDIS_URL"] = saved_redis

@@ -544,17 +544,20 @@ def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) ->
               help="two-page statements rendered (0: skip)")
 @click.option("--emails", default=2000, show_default=True, type=click.IntRange(min=0),
               help="planned emails sent at most (0: skip)")
+@click.option("--email-worker", type=click.Choice(["mail", "fork"]), default="mail", show_default=True,
+              help="the two workers' class: jobs.queues.MailWorker (the Procfile's mailer) or the forking Worker")
 @click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
 @click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
               help="server for --db postgres (a scratch database is created and dropped)")
 @click.option("--json", "as_json", is_flag=True)
-def bench_dunning(customers, invoices, statement_count, emails, db_kind, pg_url, as_json) -> None:
+def bench_dunning(customers, invoices, statement_count, emails, email_worker, db_kind, pg_url, as_json) -> None:
     """The daily dunning plan (worst and normal day), statement PDFs against bare WeasyPrint, and
     emails through two rq workers to a loopback SMTP server."""
     from jobs.bench_dunning import dunning as run_bench
 
     result = run_bench(customers=customers, invoices=invoices, db_kind=db_kind, pg_url=pg_url,
-                       statements=statement_count, emails=emails, log=None if as_json else console.print)
+                       statements=statement_count, emails=emails, email_worker=email_worker,
+                       log=None if as_json else console.print)
     if as_json:
         click.echo(json.dumps(result))
     else:

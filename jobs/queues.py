@@ -30,12 +30,14 @@ from pathlib import Path
 
 import redis
 from rq import Queue
-from rq.worker import HerokuWorker
+from rq.worker import HerokuWorker, SimpleWorker
 
 from middleware.settings import Settings, env_for, get_settings
 
 __all__ = [
     "QUEUE_NAMES",
+    "MAIL_WORKER_CLASS",
+    "MailWorker",
     "WORKER_CLASS",
     "Worker",
     "close_embedded",
@@ -52,6 +54,8 @@ log = logging.getLogger(__name__)
 QUEUE_NAMES: tuple[str, ...] = ("sync", "dunning", "statements", "default")
 #: Dotted path given to ``rq worker --worker-class`` (also used by the Procfile).
 WORKER_CLASS = "jobs.queues.Worker"
+#: The non-forking worker for the ``dunning`` queue (the Procfile's ``mailer``).
+MAIL_WORKER_CLASS = "jobs.queues.MailWorker"
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 _lock = threading.Lock()
@@ -160,12 +164,9 @@ def get_queue(name: str = "default", settings: Settings | None = None) -> Queue:
     return Queue(name, connection=get_redis(settings))
 
 
-class Worker(HerokuWorker):
-    """rq's ``HerokuWorker`` (graceful SIGTERM) plus our composition root.
-
-    The worker process bootstraps once (logging with secret redaction, the database
-    proxy); each forked work horse inherits that.
-    """
+class _Bootstrapped:
+    """Our composition root in an rq worker: the process bootstraps once (logging with secret
+    redaction, the database proxy) and warms what its queues' jobs need."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -212,6 +213,29 @@ class Worker(HerokuWorker):
             logging.getLogger("rq.worker").warning("dunning warm-up incomplete: %s", exc)
 
 
+class Worker(_Bootstrapped, HerokuWorker):
+    """rq's ``HerokuWorker`` (graceful SIGTERM: the running job gets
+    ``ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS``) plus our composition root; each forked work horse
+    inherits the bootstrapped, warmed parent."""
+
+
+class MailWorker(_Bootstrapped, SimpleWorker):
+    """A worker for the ``dunning`` queue that runs each job in its own process instead of a
+    forked work horse (rq's ``SimpleWorker``), so what one email job sets up serves the next:
+    the compiled templates, the database connection, and one SMTP connection kept open between
+    messages (``middleware.mailer.keep_connections``). A fork and a fresh SMTP session per email
+    cost more than the email itself. The never-twice protocol is the same: killing this process
+    mid-send is the kill of a work horse (tests/integration/test_mail_worker.py). Run it with
+    ``--worker-class jobs.queues.MailWorker dunning`` (the Procfile's ``mailer``); on SIGTERM
+    it finishes the running email and stops."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from middleware.mailer import keep_connections
+
+        keep_connections(True)
+
+
 def start_worker_process(
     queues: Iterable[str] = QUEUE_NAMES,
     env: Mapping[str, str] | None = None,
@@ -221,13 +245,15 @@ def start_worker_process(
     burst: bool = False,
     with_scheduler: bool = True,
     extra_args: Iterable[str] = (),
+    worker_class: str = WORKER_CLASS,
     **popen_kwargs,
 ) -> subprocess.Popen:
     """Launch ``rq worker`` (class :class:`Worker`) on ``queues`` as a child process.
 
     It uses the same Redis (the embedded one via its socket) and the same
     ``ARHUB_DATABASE_URL`` and other settings as this process; ``env`` overrides on
-    top. ``name`` (default a fresh ``arhub-<hex>``) is available as ``proc.worker_name``
+    top; ``worker_class``: :data:`WORKER_CLASS` or :data:`MAIL_WORKER_CLASS`. ``name`` (default a
+    fresh ``arhub-<hex>``) is available as ``proc.worker_name``
     for :func:`wait_for_worker`. Extra keyword arguments go to ``subprocess.Popen``.
     """
     s = settings or get_settings()
@@ -245,7 +271,7 @@ def start_worker_process(
     cmd = [
         sys.executable, "-m", "rq.cli", "worker",
         "--url", url,
-        "--worker-class", WORKER_CLASS,
+        "--worker-class", worker_class,
         "--name", name,
         *(["--with-scheduler"] if with_scheduler else []),  # retries with an interval wait in the scheduled registry
         *(["--burst"] if burst else []),

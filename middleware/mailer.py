@@ -43,6 +43,7 @@ import re
 import secrets
 import smtplib
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
@@ -58,7 +59,7 @@ from .settings import Settings, get_settings
 from .templating import TemplateRenderError, parse_locale, render_string
 
 __all__ = ["MailError", "OutboundStatus", "PermanentMailError", "SendOutcome", "TransientMailError",
-           "approve_with_wording", "compose_action", "message_id_for", "release_for_resend", "send_action", "send_test",
+           "approve_with_wording", "compose_action", "keep_connections", "message_id_for", "release_for_resend", "send_action", "send_test",
            "template_wording", "thread_token_for"]
 
 log = logging.getLogger(__name__)
@@ -423,6 +424,70 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
+#: One SMTP connection kept between messages by a non-forking mail worker (jobs.queues.MailWorker
+#: turns it on): ``(server key, connection, last used, pid)``. Off (the default), every message
+#: has its own connection.
+_kept: dict = {"on": False, "entry": None}
+#: A kept connection idle longer than this is closed rather than reused (servers drop idle ones).
+KEEP_IDLE_SECONDS = 30.0
+
+
+def keep_connections(on: bool = True) -> None:
+    """Keep one SMTP connection open between messages in this process (``on``), or stop and
+    close it. Only for a process that sends one message after another (a forked work horse
+    gains nothing: it exits after its message)."""
+    _kept["on"] = on
+    if not on:
+        entry, _kept["entry"] = _kept["entry"], None
+        if entry is not None:
+            _quit(entry[1])
+
+
+def _server_key(settings: Settings) -> tuple:
+    return (settings.smtp_host, settings.smtp_port, settings.smtp_security, settings.smtp_username)
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    try:
+        smtp.quit()
+    except (smtplib.SMTPException, OSError):
+        with contextlib.suppress(OSError):
+            smtp.close()
+
+
+def _keep(smtp: smtplib.SMTP, settings: Settings) -> bool:
+    if not _kept["on"]:
+        return False
+    old, _kept["entry"] = _kept["entry"], (_server_key(settings), smtp, time.monotonic(), os.getpid())
+    if old is not None and old[1] is not smtp:
+        _quit(old[1])
+    return True
+
+
+def _take_kept(settings: Settings) -> smtplib.SMTP | None:
+    """The kept connection when it is to the same server, of this process, recently used and
+    still answering ``NOOP`` with 250; else None (and it is closed)."""
+    entry, _kept["entry"] = _kept["entry"], None
+    if entry is None:
+        return None
+    key, smtp, used, pid = entry
+    if pid != os.getpid():  # inherited through a fork: the parent's socket, not ours to use
+        return None
+    if not _kept["on"] or key != _server_key(settings) or time.monotonic() - used > KEEP_IDLE_SECONDS:
+        _quit(smtp)
+        return None
+    try:
+        code, _ = smtp.noop()
+    except (smtplib.SMTPException, OSError):
+        with contextlib.suppress(OSError):
+            smtp.close()
+        return None
+    if code != 250:
+        _quit(smtp)
+        return None
+    return smtp
+
+
 class SmtpSession:
     """One SMTP connection for one message, tracking how far the conversation got.
 
@@ -457,6 +522,10 @@ class SmtpSession:
 
     def connect(self, recipient: str | None = None) -> None:
         s = self.settings
+        self.smtp = _take_kept(s)
+        if self.smtp is not None:  # the previous message's connection, still answering NOOP
+            self.phase = "envelope"
+            return
         with self._stage("connect", recipient):
             if s.smtp_security == "tls":
                 self.smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout_seconds,
@@ -518,8 +587,13 @@ class SmtpSession:
         return refused
 
     def close(self) -> None:
-        """QUIT politely (its failure changes nothing: the outcome is already known)."""
+        """QUIT politely (its failure changes nothing: the outcome is already known); with
+        :func:`keep_connections` on, a connection whose last message got its reply is kept for
+        the next one instead."""
         if self.smtp is None:
+            return
+        if self.phase == "replied" and _keep(self.smtp, self.settings):
+            self.smtp = None
             return
         try:
             self.smtp.quit()
