@@ -50,6 +50,11 @@ def configure_logging(settings: Settings) -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(settings.log_level)
+    # libraries that narrate every step at INFO (WeasyPrint's layout steps, aiosmtpd's sessions):
+    # their warnings still show; ARHUB_LOG_LEVEL=DEBUG brings the rest back
+    if root.level > logging.DEBUG:
+        for chatty in ("weasyprint.progress", "mail.log"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     install_log_redaction(settings, logger=root)
 
 

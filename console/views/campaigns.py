@@ -20,7 +20,7 @@ from console.views.base import SecureView
 
 MENU_ORDER = 30
 PAGE_SIZE = 50
-LIST_KEYS = ("tags_any", "tags_all", "tags_none", "segments", "currencies", "countries")
+LIST_KEYS = ("tags_any", "tags_all", "tags_none", "segments", "currencies", "countries", "sources")
 RANGE_KEYS = tuple(f"{attr}_{op}" for attr in ("arr", "balance") for op in ("gte", "gt", "lte", "lt"))
 STEP_FIELDS = ("id", "name", "anchor", "offset_days", "window_start", "window_end", "channel", "template",
                "recipient_role", "variant")
@@ -55,7 +55,8 @@ def audience_summary(rule: dict | None) -> str:
     for key, value in (rule or {}).items():
         if key in LIST_KEYS:
             label = {"tags_any": "tags any of", "tags_all": "tags all of", "tags_none": "tags none of",
-                     "segments": "segment", "currencies": "currency", "countries": "country"}[key]
+                     "segments": "segment", "currencies": "currency", "countries": "country",
+                     "sources": "ERP source"}[key]
             parts.append(f"{label} {', '.join(value)}")
         elif key == "open_opportunity":
             types = "/".join(value.get("types") or ("Renewal", "Expansion"))

@@ -125,6 +125,18 @@ def test_an_admin_creates_a_three_step_campaign_through_the_form(app, book):
     assert "US customers" in listing and "ARR ≥ 10000 · currency USD" in listing
 
 
+def test_an_audience_limited_to_an_erp_source_is_saved_and_listed(app, book):
+    """The editor takes an ERP-source condition (two ERPs serving the same customers); the list
+    shows it in words instead of failing."""
+    from middleware.models import Campaign
+
+    client = _client(app)
+    assert _create(client, **{"audience.sources": "erp"}).status_code == 302
+    assert Campaign.get(Campaign.name == "US customers").audience["sources"] == ["erp"]
+    listing = client.get("/campaigns/")
+    assert listing.status_code == 200 and "ERP source erp" in listing.get_data(as_text=True)
+
+
 def test_invalid_input_is_refused_with_errors_that_name_the_field(app, book):
     """A bad offset, an unknown template, a window ending before it starts, an unknown variant
     and malformed approval JSON each come back next to their field; nothing is saved."""
