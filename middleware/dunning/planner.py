@@ -223,7 +223,8 @@ class _Planner:
         for part in self._chunks(ids):
             extra, args = self._in('"id"', part)
             sql = ('SELECT "id", "name", "arr", "segment", "country", "billing_currency", "timezone", "locale", '
-                   '"collector", "paused_until", "paused_reason", "sf_account_id", "number", "source_id" FROM "customer" '
+                   '"collector", "paused_until", "paused_reason", "sf_account_id", "number", "source_id", "inactive" '
+                   'FROM "customer" '
                    'WHERE "deleted_at" IS NULL' + extra)
             self.customers.update((row[0], row) for row in database.execute_sql(sql, args).fetchall()
                                   if row[0] in wanted)
@@ -514,8 +515,10 @@ class _Planner:
     def customer_reason(self, cid: int, camp: _Campaign, held: bool) -> str | None:
         """Why nothing goes to this customer today (None: go on), checks in a fixed order."""
         row = self.customers[cid]
-        if held:
+        if held:  # first: an A/B group keeps its inactive customers, as the variants keep theirs
             return "holdout"
+        if row[14]:
+            return "customer inactive in the ERP"
         paused = self._date(row[9])
         if paused is not None and paused >= self.as_of:
             return f"paused until {paused.isoformat()}: {row[10] or 'no reason given'}"

@@ -285,6 +285,12 @@ def _no_contact(book, c, inv):
     return [("task", "no billing contact: find one", ["INV-1"])]
 
 
+def _inactive(book, c, inv):
+    Customer.update(inactive=True).where(Customer.id == c.id).execute()
+    Contact.delete().where(Contact.customer == c.id).execute()  # skipped, not a "find a contact" task
+    return [("skipped", "customer inactive in the ERP", ["INV-1"])]
+
+
 def _holdout(book, c, inv):
     Campaign.update(holdout_percent=100).execute()
     return [("skipped", "holdout", ["INV-1"])]
@@ -301,14 +307,14 @@ EXCLUSIONS = {
     "small invoice": _small, "credit covers": _credit, "credit short": lambda b, c, i: _credit(b, c, i, "50.00"),
     "reply waiting": _reply, "reply handled": lambda b, c, i: _reply(b, c, i, handled=True),
     "auto-reply": lambda b, c, i: _reply(b, c, i, status="auto_reply"), "no billing contact": _no_contact,
-    "holdout": _holdout,
+    "holdout": _holdout, "inactive in the ERP": _inactive,
 }
 
 
 @pytest.mark.parametrize("case", list(EXCLUSIONS))
 def test_every_exclusion_is_recorded_with_its_reason(book, case):
     """Each exclusion (pause, dispute, promise, open renewal or expansion, minimum amount, credit
-    balance, unanswered reply, missing contact, holdout) leaves a recorded action with a human
+    balance, unanswered reply, missing contact, holdout, customer inactive in the ERP) leaves a recorded action with a human
     reason, and the invoices it does not concern still go out; when it no longer applies the
     email goes out as usual."""
     campaign("Test", EXCLUSION_STEPS, min_invoice_amount=Decimal("10"), skip_open_renewal_days=30)
@@ -711,7 +717,8 @@ def test_cli_plan_dry_run_and_explain(book, settings):
     happy = book.customer("Happy Co", arr=Decimal("5000"))
     paused = book.customer("Paused Co", arr=Decimal("5000"), paused_until=date(2026, 4, 9), paused_reason="M&A")
     tiny = book.customer("Tiny Co", arr=Decimal("10"))
-    for c in (happy, paused, tiny):
+    gone = book.customer("Gone Co", arr=Decimal("5000"), inactive=True)
+    for c in (happy, paused, tiny, gone):
         book.invoice(c)
     run = lambda *a: subprocess.run([sys.executable, "-m", "jobs.cli", "dunning", *a], cwd=ROOT,  # noqa: E731
                                     env=_cli_env(), capture_output=True, text=True, timeout=120)
@@ -719,6 +726,8 @@ def test_cli_plan_dry_run_and_explain(book, settings):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Happy Co" in out.stdout and "ap@happyco.test" in out.stdout and "2026-04-02 07:00" in out.stdout
     assert "paused until 2026-04-09: M&A" in out.stdout
+    assert re.search(r"Gone Co.*customer inactive in the ERP", out.stdout), out.stdout
+    assert "ap@goneco.test" not in out.stdout
     assert "1 customer(s) with a step due are in no campaign: Tiny Co" in out.stdout
     assert "dry run: nothing written" in out.stdout and DunningAction.select().count() == 0
     out = run("explain", "Tiny Co", "--as-of", "2026-04-02")
@@ -726,5 +735,7 @@ def test_cli_plan_dry_run_and_explain(book, settings):
     assert "arr_gte: 10 (wanted ≥ 1000) → no" in out.stdout and "in no campaign" in out.stdout
     out = run("explain", happy.number, "--as-of", "2026-04-02")
     assert "step 'nudge' / INV-" in out.stdout and "due: planned" in out.stdout
+    out = run("explain", gone.number, "--as-of", "2026-04-02")
+    assert "customer skipped today: customer inactive in the ERP" in out.stdout, out.stdout
     out = run("plan", "--as-of", "2026-04-03")
     assert "2026-04-03 is not a sending day" in out.stdout

@@ -366,6 +366,21 @@ def test_paid_before_sending_is_skipped_not_sent(world, smtp_server, use_smtp):
     assert after.attempts == 0
 
 
+def test_customer_made_inactive_after_planning_is_skipped_not_sent(world, smtp_server, use_smtp):
+    """The planner skips inactive customers; one marked inactive in the ERP between planning and
+    sending is caught at send time (the safety net) and skipped with the reason."""
+    controller, sink = smtp_server()
+    use_smtp(controller)
+    cust, inv = world.customer()
+    action = world.action(cust, inv)
+    Customer.update(inactive=True).where(Customer.id == cust.id).execute()
+
+    assert send_dunning_email(action.id)["status"] == "skipped"
+
+    assert sink.received == []
+    assert reload(action).reason == "the customer is deleted or inactive"
+
+
 # -- errors ------------------------------------------------------------------------------------
 
 
