@@ -12,6 +12,10 @@ Source paths::
     customFieldList.customField[scriptId=custentity_arr].value   a custom field by id
     applyList.apply[].amount                  every item (only for list fields, ``applications[].amount``)
 
+Canonical fields: ``due_date`` a field; ``applications[].amount`` a field of every item of a
+list; ``billing_address.city`` a field of one nested object (the object is ``None`` when none
+of its fields found a value).
+
 A single element where a list is expected counts as a list of one (SOAP repeats
 collapse that way). Transforms turn strings into typed values (``Decimal``, ``date``,
 UTC ``datetime``); marshmallow then validates the canonical record (``schemas.py``).
@@ -336,8 +340,10 @@ TRANSFORMS: dict[str, Callable[[dict], Callable[[Any], Any]]] = {
     "enum": _enum,
     "constant": _constant,
     "reciprocal": _reciprocal,
-    # "concat" and "lookup" need the record or the preset's tables: built in _compile_field
+    # "concat", "collect" and "lookup" need the record or the preset's tables: built in _compile_field
 }
+#: transforms built in ``_compile_field`` (not in ``TRANSFORMS``)
+RECORD_TRANSFORMS = ("collect", "concat", "lookup")
 
 
 # -------------------------------------------------------------- compile
@@ -357,16 +363,19 @@ def _compile_field(spec: FieldSpec, lookups: dict, item_path: str | None = None)
     args = spec.args or {}
     path = item_path if item_path is not None else spec.source_path
     name = spec.canonical_field.split("[].", 1)[-1]
-    if transform == "concat":
+    if transform in ("concat", "collect"):
         getters = [compile_path(p) for p in args.get("paths") or ([path] if path else [])]
         if not getters:
-            raise MappingError(f"{spec.canonical_field}: concat needs args.paths")
+            raise MappingError(f"{spec.canonical_field}: {transform} needs args.paths")
         sep = args.get("separator", " ")
+        joined = transform == "concat"
 
         def getter(rec):
             parts = [g(rec) for g in getters]
             parts = [str(p).strip() for p in parts if not _blank(p)]
-            return sep.join(parts) if parts else MISSING
+            if not parts:
+                return MISSING
+            return sep.join(parts) if joined else parts
         return _Compiled(name, path, getter, lambda v: v, spec.default)
     if transform == "lookup":
         table_name = args.get("table")
@@ -385,7 +394,8 @@ def _compile_field(spec: FieldSpec, lookups: dict, item_path: str | None = None)
         return _Compiled(name, path, getter, convert, spec.default)
     factory = TRANSFORMS.get(transform)
     if factory is None:
-        raise MappingError(f"{spec.canonical_field}: unknown transform {transform!r} (one of {sorted(TRANSFORMS) + ['concat', 'lookup']})")
+        raise MappingError(f"{spec.canonical_field}: unknown transform {transform!r} "
+                           f"(one of {sorted([*TRANSFORMS, *RECORD_TRANSFORMS])})")
     convert = factory(args)
     if transform == "constant":
         return _Compiled(name, None, lambda rec: True, convert, spec.default, constant=True)
@@ -404,6 +414,7 @@ class CompiledMapping:
         self.object_name = object_name
         self.fields: list[_Compiled] = []
         self.lists: dict[str, tuple[Callable[[Any], Any] | None, list[_Compiled]]] = {}
+        self.objects: dict[str, list[_Compiled]] = {}  # "billing_address.city" → objects["billing_address"]
         self.errors: list[FieldError] = []
         lookups = lookups or {}
         for spec in specs:
@@ -421,6 +432,13 @@ class CompiledMapping:
                                                f"list ({readers[0].list_path!r} vs {list_path!r})")
                         getter = compile_path(list_path) if list_path else None
                     self.lists[group] = (getter, members + [compiled])
+                elif "." in spec.canonical_field:
+                    group, _, member = spec.canonical_field.partition(".")
+                    if not group or not member or "." in member:
+                        raise MappingError(f"{spec.canonical_field}: one level of object field (object.field)")
+                    compiled = _compile_field(spec, lookups)
+                    compiled.name = member
+                    self.objects.setdefault(group, []).append(compiled)
                 else:
                     self.fields.append(_compile_field(spec, lookups))
             except MappingError as exc:
@@ -489,12 +507,21 @@ class CompiledMapping:
                 if found:  # an item made only of constants is no item
                     rows.append(row)
             record[group] = rows
+        for group, members in self.objects.items():
+            obj, found = {}, False
+            for spec in members:
+                value = self._value(spec, raw, errors, f"{group}.{spec.name}")
+                if value is not MISSING and value is not None:
+                    obj[spec.name] = value
+                    found = found or not spec.constant
+            record[group] = obj if found else None  # nothing but constants: no object (clears a stored one)
         return record, errors
 
     def unmatched(self, raws: Iterable[dict], among: set[str] | None = None) -> list[str]:
         """Source paths (of fields without a default) that matched nothing in any of ``raws``."""
         seen: set[str] = set()
-        candidates = [s for s in self.fields if s.path and s.default is None and (among is None or s.path in among)]
+        fields = self.fields + [m for members in self.objects.values() for m in members]
+        candidates = [s for s in fields if s.path and s.default is None and (among is None or s.path in among)]
         for raw in raws:
             for spec in candidates:
                 if spec.path not in seen and not _blank(spec.getter(raw)):

@@ -102,6 +102,12 @@ def _m0007_wording_and_indexes(db) -> None:
     db.execute_sql('CREATE INDEX "payment_date" ON "payment" ("date")')
 
 
+def _m0008_customer_billing_address(db) -> None:
+    # frozen SQL; JSON text (models.JSONField): the address is shown whole (statement, pay page)
+    # and never filtered on, and ERPs differ in how many street lines they have
+    db.execute_sql('ALTER TABLE "customer" ADD COLUMN "billing_address" TEXT')
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
@@ -117,6 +123,8 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
     (7, "dunning_action.subject_override/body_override (an email's wording edited at approval); indexes "
         "customer(match_state, id), message(routed_to) of unhandled replies, payment(date)",
      _m0007_wording_and_indexes),
+    (8, "customer.billing_address: the ERP's default billing address as JSON (lines, city, region, postal code, "
+        "country)", _m0008_customer_billing_address),
 ]
 
 

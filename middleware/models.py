@@ -160,6 +160,9 @@ class Customer(BaseModel):
     email = CharField(null=True)
     billing_currency = CharField(max_length=3, index=True)
     country = CharField(max_length=2, null=True)
+    # the ERP's default billing address, whole: {"lines": [...], "city", "region", "postal_code",
+    # "country"} (migration 8); read and written as one value, never filtered on in SQL
+    billing_address = JSONField(null=True)
     parent_external_id = CharField(null=True)
     parent = ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
     segment = CharField(null=True, index=True)

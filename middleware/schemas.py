@@ -65,12 +65,27 @@ class ContactSchema(Schema):
     role = fields.String(load_default="billing", validate=validate.OneOf(("billing", "escalation", "other")))
 
 
+class AddressSchema(Schema):
+    """A postal address as the ERP holds it: street lines (blank ones dropped), city, region
+    (state, province, county), postal code and an ISO 3166 country code."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    lines = fields.List(fields.String(validate=validate.Length(max=500)), load_default=list)
+    city = fields.String(allow_none=True, validate=validate.Length(max=255))
+    region = fields.String(allow_none=True, validate=validate.Length(max=255))
+    postal_code = fields.String(allow_none=True, validate=validate.Length(max=50))
+    country = fields.String(allow_none=True, validate=validate.Length(equal=2))
+
+
 class CustomerSchema(_Base):
     number = fields.String(allow_none=True)
     name = fields.String(required=True, validate=validate.Length(min=1, max=255))
     email = fields.String(allow_none=True, validate=validate.Email())
     billing_currency = Currency(required=True)
     country = fields.String(allow_none=True, validate=validate.Length(equal=2))
+    billing_address = fields.Nested(AddressSchema, allow_none=True)
     parent_external_id = fields.String(allow_none=True)
     arr = Money(allow_none=True)
     terms_days = fields.Integer(allow_none=True, validate=validate.Range(0, 3650))
@@ -195,6 +210,23 @@ _TYPES = {
 }
 
 
+class _ScalarList:
+    """The fast path of ``fields.List(fields.String(...))``: every item of the exact type and valid."""
+
+    scalar = True
+
+    def __init__(self, expected: type, validators: tuple):
+        self.expected, self.validators = expected, validators
+
+    def _fast(self, item):
+        if type(item) is not self.expected:
+            return None
+        for validate_fn in self.validators:
+            if validate_fn(item) is False:
+                return None
+        return item
+
+
 class FastLoader:
     """Runs a schema's own validators on a record whose values are already typed.
 
@@ -207,6 +239,8 @@ class FastLoader:
     marshmallow's own (a test compares both on good and bad records).
     """
 
+    scalar = False
+
     def __init__(self, schema: Schema):
         self.schema = schema
         self.fields = []
@@ -216,6 +250,12 @@ class FastLoader:
             if isinstance(field, fields.List) and isinstance(field.inner, fields.Nested):
                 nested = FastLoader(field.inner.schema)
                 expected = list
+            elif isinstance(field, fields.List) and type(field.inner) in _TYPES:  # a list of plain values
+                nested = _ScalarList(_TYPES[type(field.inner)], tuple(field.inner.validators))
+                expected = list
+            elif isinstance(field, fields.Nested) and not field.many:  # one nested object
+                nested = FastLoader(field.schema)
+                expected = dict
             default = field.load_default
             self.fields.append((name, expected, field.required, field.allow_none, default,
                                 tuple(field.validators), nested))
@@ -239,13 +279,18 @@ class FastLoader:
             if type(value) is not expected:  # exact: a datetime is no date, a bool no int
                 return None
             if nested is not None:
-                items = []
-                for item in value:
-                    loaded = nested._fast(item) if isinstance(item, dict) else None
-                    if loaded is None:
+                if expected is dict:
+                    value = nested._fast(value)
+                    if value is None:
                         return None
-                    items.append(loaded)
-                value = items
+                else:
+                    items = []
+                    for item in value:
+                        loaded = nested._fast(item) if nested.scalar or isinstance(item, dict) else None
+                        if loaded is None:
+                            return None
+                        items.append(loaded)
+                    value = items
             if expected is datetime and value.tzinfo is None:
                 return None
             for validate_fn in validators:

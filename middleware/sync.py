@@ -81,8 +81,10 @@ class ObjectStats:
 
 
 def content_hash(record: dict) -> str:
-    """Stable hash of a canonical record's content (the ERP's modified stamp excluded)."""
-    payload = repr(sorted((k, v) for k, v in record.items() if k != "erp_modified_at"))
+    """Stable hash of a canonical record's content (the ERP's modified stamp excluded); a nested
+    object (``billing_address``) counts by its sorted items, whatever order the mapping built it in."""
+    payload = repr(sorted((k, sorted(v.items()) if v.__class__ is dict else v)
+                          for k, v in record.items() if k != "erp_modified_at"))
     return hashlib.md5(payload.encode("utf-8"), usedforsecurity=False).hexdigest()
 
 
@@ -530,11 +532,13 @@ class SyncService:
             return 0, 0, unchanged
         now = utcnow()
         cols = ("source_id", "external_id", "number", "name", "email", "billing_currency", "country",
-                "parent_external_id", "arr", "terms_days", "locale", "inactive", "erp_modified_at", "content_hash",
-                "deleted_at", "created_at", "updated_at")
+                "billing_address", "parent_external_id", "arr", "terms_days", "locale", "inactive", "erp_modified_at",
+                "content_hash", "deleted_at", "created_at", "updated_at")
+        address = Customer.billing_address.db_value  # JSON text, as the model writes it
         rows = [(self.source.id, r["external_id"], r.get("number"), r["name"], r.get("email"), r["billing_currency"],
-                 r.get("country"), r.get("parent_external_id"), r.get("arr"), r.get("terms_days"), r.get("locale"),
-                 r.get("inactive", False), r.get("erp_modified_at"), digest, None, now, now)
+                 r.get("country"), address(r.get("billing_address")), r.get("parent_external_id"), r.get("arr"),
+                 r.get("terms_days"), r.get("locale"), r.get("inactive", False), r.get("erp_modified_at"), digest,
+                 None, now, now)
                 for r, digest, _ in todo]
         upsert(Customer, cols, rows, ("source_id", "external_id"), cols[2:-2] + ("updated_at",))
         self._written["customer"].update(r["external_id"] for r, _, _ in todo)

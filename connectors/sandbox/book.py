@@ -42,6 +42,31 @@ _UNICODE = ("Müller & Söhne", "Société Générale d'Études", "Zoë's Café"
 _SUFFIX = {"US": ("Inc.", "LLC", "Corp."), "CA": ("Ltd.",), "MX": ("S.A. de C.V.",), "DE": ("GmbH", "AG"),
            "FR": ("SAS", "SARL"), "NL": ("B.V.",), "IE": ("Ltd",), "ES": ("S.L.",), "GB": ("Ltd", "PLC"),
            "JP": ("株式会社", "K.K."), "AU": ("Pty Ltd",), "NZ": ("Limited",)}
+#: country -> (city, region, postal code pattern: "#" a digit, "@" a letter), street names; the
+#: street line reads "{number} {street}" or, where the number follows, "{street} {number}"
+_CITIES = {
+    "US": ((("San Francisco", "CA", "941##"), ("Austin", "TX", "787##"), ("New York", "NY", "100##"),
+            ("Chicago", "IL", "606##")), ("Market Street", "Congress Avenue", "Broadway", "Wacker Drive")),
+    "CA": ((("Toronto", "ON", "M5V #@#"), ("Vancouver", "BC", "V6B #@#"), ("Montréal", "QC", "H3B #@#")),
+           ("King Street West", "Granville Street", "Rue Sainte-Catherine")),
+    "MX": ((("Ciudad de México", "CDMX", "06600"), ("Monterrey", "N.L.", "64000")),
+           ("Paseo de la Reforma", "Avenida Constitución")),
+    "DE": ((("München", "Bayern", "80331"), ("Berlin", "Berlin", "10117"), ("Köln", "Nordrhein-Westfalen", "50667")),
+           ("Leopoldstraße", "Friedrichstraße", "Hohe Straße")),
+    "FR": ((("Paris", "Île-de-France", "75008"), ("Lyon", "Auvergne-Rhône-Alpes", "69002")),
+           ("Rue du Faubourg Saint-Honoré", "Rue de la République")),
+    "NL": ((("Amsterdam", "Noord-Holland", "1017 @@"), ("Rotterdam", "Zuid-Holland", "3011 @@")),
+           ("Keizersgracht", "Coolsingel")),
+    "IE": ((("Dublin", "Co. Dublin", "D02 @###"), ("Cork", "Co. Cork", "T12 @###")),
+           ("Grafton Street", "St Patrick's Street")),
+    "ES": ((("Madrid", "Madrid", "28013"), ("Barcelona", "Barcelona", "08002")), ("Gran Vía", "Passeig de Gràcia")),
+    "GB": ((("London", "", "EC1A #@@"), ("Manchester", "", "M1 #@@"), ("Edinburgh", "", "EH1 #@@")),
+           ("Old Street", "Deansgate", "Princes Street")),
+    "JP": ((("千代田区", "東京都", "100-0005"), ("大阪市北区", "大阪府", "530-0001")), ("丸の内", "梅田")),
+    "AU": ((("Sydney", "NSW", "2000"), ("Melbourne", "VIC", "3000")), ("George Street", "Collins Street")),
+    "NZ": ((("Auckland", "Auckland", "1010"), ("Wellington", "Wellington", "6011")), ("Queen Street", "Lambton Quay")),
+}
+_NUMBER_AFTER = {"DE", "NL", "ES", "MX"}
 _PRODUCTS = (("Enterprise plan, annual subscription", 12000), ("Business plan, seats", 480),
              ("Premium support", 2400), ("Onboarding services", 3500), ("Additional storage 1 TB", 120),
              ("Renewal uplift", 900), ("Professional services, day", 1400))
@@ -53,6 +78,15 @@ class Contact:
     email: str
     role: str  # "billing" | "escalation"
     phone: str = ""
+
+
+@dataclass(slots=True)
+class Address:
+    """A street address; the country is the customer's."""
+    lines: tuple[str, ...]
+    city: str
+    region: str
+    postal_code: str
 
 
 @dataclass(slots=True)
@@ -71,6 +105,7 @@ class Customer:
     parent_id: int | None = None
     contacts: list[Contact] = field(default_factory=list)
     inactive: bool = False
+    address: Address | None = None  # the billing address (None for a few: the ERP has none)
 
 
 @dataclass(slots=True)
@@ -301,6 +336,14 @@ class Book:
             cust.modified = now or datetime.now(UTC)
             self._touch("customer")
 
+    def move_customer(self, customer_id: int, address: Address | None, now: datetime | None = None) -> None:
+        """Give a customer a new billing address (None: the ERP has none any more)."""
+        with self.lock:
+            cust = self.customers[customer_id]
+            cust.address = address
+            cust.modified = now or datetime.now(UTC)
+            self._touch("customer")
+
     # -------------------------------------------------------------- generation
     def _generate(self, n_customers: int, n_invoices: int) -> None:
         rng = self._rng
@@ -367,7 +410,26 @@ class Book:
                     cust.name = f"{parent.name.rsplit(' ', 1)[0]} - {rng.choice(('EMEA', 'APAC', 'Americas', 'R&D'))} {cid}"
             if rng.random() < 0.02:
                 cust.inactive = True
+            cust.address = self._address(cid, cust.country)
             self.customers[cid] = cust
+
+    def _address(self, cid: int, country: str) -> Address | None:
+        """A deterministic address for customer ``cid`` from the book's seed, on its own random
+        stream (adding addresses changed nothing else the seed generates)."""
+        rng = random.Random(f"{self.seed}:address:{cid}")
+        if rng.random() < 0.05:
+            return None
+        cities, streets = _CITIES[country]
+        city, region, pattern = rng.choice(cities)
+        postal = "".join(str(rng.randrange(10)) if ch == "#" else chr(65 + rng.randrange(26)) if ch == "@" else ch
+                         for ch in pattern)
+        street, number = rng.choice(streets), rng.randrange(1, 400)
+        lines = [f"{street} {number}" if country in _NUMBER_AFTER else f"{number} {street}"]
+        if rng.random() < 0.3:
+            lines.insert(0, rng.choice(("Attn. Accounts Payable", "c/o Finance Department", "Building B")))
+        if rng.random() < 0.2:
+            lines.append(f"Suite {rng.randrange(100, 2000)}")
+        return Address(tuple(lines), city, region, postal)
 
     def _generate_invoices(self, n: int, rng: random.Random) -> None:
         ids = sorted(self.customers)

@@ -20,7 +20,9 @@ some of them):
   Contact record in NetSuite) is rendered as custom entity fields
   ``custentity_arhub_escalation_email`` / ``custentity_arhub_escalation_name``
   (StringCustomFieldRef); ARR is ``custentity_arhub_arr`` (DoubleCustomFieldRef); the country
-  is the default billing address in ``addressbookList``.
+  is the default billing address in ``addressbookList``, with the book's street address
+  (``addr1``-``addr3``, ``city``, ``state``, ``zip``: platformCommon ``Address``, in its
+  sequence order; empty parts left out).
 * Invoice ``amountPaid`` is what NetSuite shows: payments *and* applied credits
   (``total - amountRemaining``); the book's sent date is ``custbody_arhub_sent_date``
   (DateCustomFieldRef); the book's ``po_number`` is ``otherRefNum``; ``status`` is
@@ -137,6 +139,15 @@ def _ref(prefix: str, tag: str, internal_id, name: str | None = None, rtype: str
         attrs += f' type="{rtype}"'
     inner = f"<platformCore:name>{_esc(name)}</platformCore:name>" if name is not None else ""
     return f"<{prefix}:{tag}{attrs}>{inner}</{prefix}:{tag}>"
+
+
+def _street(address) -> str:
+    """The street part of a platformCommon ``Address`` (after ``addressee``, in the XSD's order)."""
+    if address is None:
+        return ""
+    parts = [(f"addr{n}", line) for n, line in enumerate(address.lines[:3], 1)]
+    parts += [("city", address.city), ("state", address.region), ("zip", address.postal_code)]
+    return "".join(f"<platformCommon:{tag}>{_esc(value)}</platformCommon:{tag}>" for tag, value in parts if value)
 
 
 def _custom(kind: str, script_id: str, internal_id: int, value: str) -> str:
@@ -618,7 +629,7 @@ class NetSuiteEmulator:
             f"<platformCommon:country>{COUNTRIES.get(c.country, '_unitedStates')}</platformCommon:country>"
             f"<platformCommon:attention>{_esc(billing.name) if billing else ''}</platformCommon:attention>"
             f"<platformCommon:addressee>{_esc(c.name)}</platformCommon:addressee>"
-            f"</listRel:addressbookAddress><listRel:internalId>{c.id}</listRel:internalId>"
+            f"{_street(c.address)}</listRel:addressbookAddress><listRel:internalId>{c.id}</listRel:internalId>"
             "</listRel:addressbook></listRel:addressbookList>")
         custom = [_custom("Double", "custentity_arhub_arr", 501, _money(c.arr, c.currency))]
         if escalation is not None:

@@ -24,7 +24,8 @@ How the book maps onto Xero:
   contacts, so a subsidiary's parent goes in ``AccountNumber`` (the parent's
   ContactNumber); the escalation contact is a ``ContactPersons`` entry, the billing
   contact is the contact's own FirstName/LastName/EmailAddress; ``Addresses[].Country``
-  holds the ISO country code; inactive customers are ``ARCHIVED`` (only listed with
+  holds the ISO country code, the ``POBOX`` address (the billing address) the book's street
+  address (AddressLine1..4, City, Region, PostalCode); inactive customers are ``ARCHIVED`` (only listed with
   ``includeArchived=true``, as in Xero), deleted customers too;
 * Invoices (ACCREC): open → AUTHORISED, paid → PAID, voided → VOIDED, book-deleted →
   DELETED (a minimal record: ids, number, type, status and the deletion time as
@@ -106,6 +107,16 @@ _QTY_PLACES = Decimal("0.0001")
 
 _HEX_VARIANT = {c: format((int(c, 16) & 0x3) | 0x8, "x") for c in "0123456789abcdef"}
 _KIND_HASH: dict[str, Any] = {}
+
+
+def _address(address) -> dict:
+    """The street part of a Xero ``Address``: AddressLine1..4, City, Region, PostalCode (empty ones left out)."""
+    if address is None:
+        return {}
+    out = {f"AddressLine{n}": line for n, line in enumerate(address.lines[:4], 1)}
+    out.update((key, value) for key, value in (("City", address.city), ("Region", address.region),
+                                               ("PostalCode", address.postal_code)) if value)
+    return out
 
 
 def xero_id(kind: str, *key: object) -> str:
@@ -761,7 +772,7 @@ class XeroApp:
             for p in c.contacts if p.role == "escalation"]
         record.update({
             "BankAccountDetails": "",
-            "Addresses": [{"AddressType": "POBOX", "Country": c.country},
+            "Addresses": [{"AddressType": "POBOX", **_address(c.address), "Country": c.country},
                           {"AddressType": "STREET", "Country": c.country}],
             "Phones": [{"PhoneType": "DEFAULT", "PhoneNumber": billing.phone if billing else ""}],
             "UpdatedDateUTC": ms_datetime(c.modified),

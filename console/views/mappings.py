@@ -24,20 +24,21 @@ from marshmallow import fields as mfields
 from console.auth import can
 from console.views.base import SecureView
 from middleware.db import database
-from middleware.mapping import TRANSFORMS, CompiledMapping, FieldSpec, preview
+from middleware.mapping import RECORD_TRANSFORMS, TRANSFORMS, CompiledMapping, FieldSpec, preview
 from middleware.models import AuditLog, FieldMapping, Source, utcnow
 from middleware.schemas import SCHEMAS
 
 MENU_ORDER = 60
 ERP_KINDS = ("soap", "rest")
-TRANSFORM_NAMES = sorted(list(TRANSFORMS) + ["concat", "lookup"])
+TRANSFORM_NAMES = sorted([*TRANSFORMS, *RECORD_TRANSFORMS])
 BLANK_ROWS = 3
 _SF_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 # ------------------------------------------------------------------ helpers
 def canonical_fields(object_name: str) -> list[tuple[str, bool]]:
-    """(canonical field, required) of an object, list items as ``contacts[].email``."""
+    """(canonical field, required) of an object, list items as ``contacts[].email``, fields of a
+    nested object as ``billing_address.city``."""
     schema = SCHEMAS.get(object_name)
     if schema is None:
         return []
@@ -47,6 +48,8 @@ def canonical_fields(object_name: str) -> list[tuple[str, bool]]:
         nested = getattr(inner, "schema", None) if isinstance(field, mfields.List) else None
         if nested is not None:
             out += [(f"{name}[].{sub}", f.required) for sub, f in nested.fields.items()]
+        elif isinstance(field, mfields.Nested) and not field.many:
+            out += [(f"{name}.{sub}", f.required) for sub, f in field.schema.fields.items()]
         else:
             out.append((name, field.required))
     return out

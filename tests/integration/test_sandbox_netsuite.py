@@ -174,8 +174,9 @@ def test_zeep_loads_the_wsdl_from_the_emulator_url(base_url):
 
 # ---------------------------------------------------------------------- search pages
 def test_customer_pages_validate_and_carry_unicode_names_custom_fields_and_country(base_url, schema, book):
-    """Customer search pages validate; companyName keeps unicode/apostrophes; ARR, escalation e-mail
-    and country are rendered where the XSD puts them; parents are RecordRefs."""
+    """Customer search pages validate; companyName keeps unicode/apostrophes; ARR, escalation e-mail,
+    country and the street address (addr1-3, city, state, zip) are rendered where the XSD puts
+    them; parents are RecordRefs."""
     records, pages = pull_all(base_url, schema, "customer", page_size=50)
     assert len(pages) == -(-len(book.customers) // 50)
     assert len(records) == len(book.customers)
@@ -195,6 +196,16 @@ def test_customer_pages_validate_and_carry_unicode_names_custom_fields_and_count
     assert field(rec, "email") == next(x.email for x in escalated.contacts if x.role == "billing")
     jp = next(c for c in book.customers.values() if c.country == "JP")
     assert next(by_id[str(jp.id)].iter(f"{{{COMMON}}}country")).text == "_japan"
+    for cust in book.customers.values():  # the street address of the default billing address
+        address = next(by_id[str(cust.id)].iter(f"{{{COMMON}}}addressee")).getparent()
+        street = {etree.QName(e).localname: e.text for e in address}
+        want = {} if cust.address is None else {
+            **{f"addr{n}": line for n, line in enumerate(cust.address.lines, 1)},
+            **{k: v for k, v in (("city", cust.address.city), ("state", cust.address.region),
+                                 ("zip", cust.address.postal_code)) if v}}
+        assert {k: v for k, v in street.items() if k in ("addr1", "addr2", "addr3", "city", "state", "zip")} == want
+    assert any(c.address is None for c in book.customers.values())
+    assert any(c.address and len(c.address.lines) == 3 for c in book.customers.values())
     child = next(c for c in book.customers.values() if c.parent_id)
     parent_ref = next(e for e in by_id[str(child.id)] if etree.QName(e).localname == "parent")
     assert parent_ref.get("internalId") == str(child.parent_id)

@@ -308,7 +308,8 @@ def test_currency_rate_is_invoice_currency_per_base_unit(sandbox, api):
 
 def test_contacts_carry_unicode_names_parents_and_escalation_contacts(sandbox, api):
     """Unicode and apostrophes survive; a subsidiary's AccountNumber is its parent's ContactNumber;
-    the escalation contact is a ContactPerson; archived customers appear only with includeArchived."""
+    the escalation contact is a ContactPerson; the POBOX address carries the street address;
+    archived customers appear only with includeArchived."""
     book = sandbox.book
     contacts = {c["ContactNumber"]: c for c in api("Contacts", {"includeArchived": "true"})["Contacts"]}
     assert len(contacts) == len(book.customers)
@@ -317,6 +318,15 @@ def test_contacts_carry_unicode_names_parents_and_escalation_contacts(sandbox, a
         assert record["Name"] == cust.name and record["ContactID"] == xero_id("customer", cust.id)
         assert record["DefaultCurrency"] == cust.currency and record["Addresses"][0]["Country"] == cust.country
         assert record["ContactStatus"] == ("ARCHIVED" if cust.inactive else "ACTIVE")
+        pobox = record["Addresses"][0]
+        assert pobox["AddressType"] == "POBOX"
+        if cust.address is None:
+            assert set(pobox) == {"AddressType", "Country"}
+        else:
+            assert [pobox.get(f"AddressLine{n}") for n in range(1, len(cust.address.lines) + 1)] == list(
+                cust.address.lines)
+            assert (pobox["City"], pobox.get("Region", ""), pobox["PostalCode"]) == (
+                cust.address.city, cust.address.region, cust.address.postal_code)
         parent = book.customers.get(cust.parent_id)
         assert record.get("AccountNumber") == (parent.number if parent else None)
         escalation = [p.email for p in cust.contacts if p.role == "escalation"]

@@ -6,6 +6,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 
+from connectors.sandbox.book import Address
 from connectors.sandbox.faults import Fault
 from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
 from jobs.sync import load_preset, make_connector, run_sync
@@ -314,3 +315,32 @@ def test_documents_link_to_a_customer_that_arrives_in_a_later_run(source, sandbo
     sync(source)
     linked = Invoice.select().where(Invoice.customer_external_id == str(cust_id))
     assert all(i.customer is not None and i.customer.name == name for i in linked)
+
+
+def expected_address(cust) -> dict | None:
+    """The canonical billing address of a book customer (NetSuite: addr1-3, city, state, zip, country)."""
+    a = cust.address
+    if a is None:
+        return {"lines": [], "country": cust.country}  # the default billing address still has its country
+    return {"lines": list(a.lines), **{k: v for k, v in (("city", a.city), ("region", a.region),
+                                                        ("postal_code", a.postal_code), ("country", cust.country)) if v}}
+
+
+def test_billing_addresses_land_and_a_move_is_an_update(source, sandbox):
+    """Every customer's default billing address (addressbookList.addressbook[defaultBilling=true])
+    lands as {lines, city, region, postal_code, country}, unicode kept; a new address in the ERP is
+    an update on the next sync (it is part of the change hash), and only that customer changes."""
+    book = sandbox.book
+    assert sync(source).status == "succeeded"
+    stored = {c.external_id: c.billing_address for c in Customer.select()}
+    assert stored == {str(c.id): expected_address(c) for c in book.customers.values()}
+    assert any(len((a or {}).get("lines", [])) == 3 for a in stored.values())
+    assert any(a and not "".join(a.get("lines", [])).isascii() for a in stored.values())
+    cust = next(c for c in book.customers.values() if c.address is not None and c.country == "DE")
+    moved = Address(("Kaiserstraße 7", "Hinterhaus"), "Frankfurt am Main", "Hessen", "60311")
+    book.move_customer(cust.id, moved, datetime.now(timezone.utc) + timedelta(seconds=1))
+    run = sync(source)
+    assert run.status == "succeeded" and run.objects["customer"]["updated"] == 1, run.objects
+    assert Customer.get(Customer.external_id == str(cust.id)).billing_address == {
+        "lines": ["Kaiserstraße 7", "Hinterhaus"], "city": "Frankfurt am Main", "region": "Hessen",
+        "postal_code": "60311", "country": "DE"}

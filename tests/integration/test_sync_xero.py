@@ -1,12 +1,13 @@
 """ERP → store sync against the Xero REST emulator over real HTTP, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
 from connectors.sandbox import xero
-from connectors.sandbox.book import Book
+from connectors.sandbox.book import Address, Book
 from connectors.sandbox.faults import Fault
 from jobs.sync import load_preset, make_connector, run_sync
 from middleware.models import Application, Contact, Customer, Invoice, Payment, RejectedRecord, Source, SyncCursor
@@ -161,3 +162,27 @@ def test_an_unknown_currency_is_rejected_by_field_while_other_invoices_land(sour
     assert_store_matches_book(book, skip_customers={cust.id})
     assert Invoice.select().where(Invoice.currency == "XYZ").count() == 0
     assert Application.select().count() > 0
+
+
+def test_billing_addresses_land_from_the_pobox_address_and_a_move_is_an_update(source, sandbox):
+    """Every contact's POBOX address (Addresses[AddressType=POBOX]: AddressLine1-4, City, Region,
+    PostalCode, Country) lands as the customer's billing address; a new address in Xero is an
+    update of that one customer on the next sync."""
+    book = sandbox.book
+    assert sync(source).status == "succeeded"
+    stored = {c.number: c.billing_address for c in Customer.select()}
+    expected = {}
+    for cust in book.customers.values():
+        a = cust.address
+        expected[cust.number] = {"lines": list(a.lines) if a else [], **{k: v for k, v in (
+            ("city", a and a.city), ("region", a and a.region), ("postal_code", a and a.postal_code),
+            ("country", cust.country)) if v}}
+    assert stored == expected
+    assert any(not a["lines"] for a in stored.values()) and any(len(a["lines"]) > 1 for a in stored.values())
+    cust = next(c for c in book.customers.values() if c.address is not None and c.country in ("AU", "NZ") and not c.inactive)
+    book.move_customer(cust.id, Address(("Level 3", "1 Queen Street"), "Auckland", "", "1010"),
+                       datetime.now(timezone.utc) + timedelta(seconds=1))
+    run = sync(source)
+    assert run.status == "succeeded" and run.objects["customer"]["updated"] == 1, run.objects
+    assert Customer.get(Customer.number == cust.number).billing_address == {
+        "lines": ["Level 3", "1 Queen Street"], "city": "Auckland", "postal_code": "1010", "country": cust.country}

@@ -121,7 +121,44 @@ def test_empty_brackets_outside_a_list_field_and_bad_selectors_are_mapping_error
     assert [(e.field, e.path) for e in mapping.errors] == [("amount", "lines[].amount")]
 
 
+def test_object_fields_build_one_nested_object():
+    """``billing_address.city`` fills one field of a nested object; the object is None when none of
+    its fields found a value, and a conversion error names ``object.field``."""
+    base = "addressbookList.addressbook[defaultBilling=true].addressbookAddress"
+    specs = [
+        FieldSpec("external_id", "internalId"),
+        FieldSpec("billing_address.lines", None, "collect", {"paths": [f"{base}.addr1", f"{base}.addr2"]}),
+        FieldSpec("billing_address.city", f"{base}.city"),
+        FieldSpec("billing_address.country", f"{base}.country", "lookup", {"table": "country"}),
+    ]
+    mapping = CompiledMapping("customer", specs, {"country": {"_germany": "DE", "_ireland": "IE"}})
+    assert mapping.errors == []
+    record, errors = mapping.apply(SOAP_CUSTOMER)
+    assert errors == []
+    assert record == {"external_id": "1042", "billing_address": {"city": "Köln", "country": "DE"}}
+    raw = {"internalId": "1", "addressbookList": {"addressbook": {
+        "defaultBilling": "true", "addressbookAddress": {"addr1": " Hohe Str. 1 ", "addr2": "", "country": "_mars"}}}}
+    record, errors = mapping.apply(raw)
+    assert record["billing_address"] == {"lines": ["Hohe Str. 1"]}
+    assert [(e.field, e.value) for e in errors] == [("billing_address.country", "_mars")]
+    assert mapping.apply({"internalId": "2"})[0] == {"external_id": "2", "billing_address": None}
+    assert mapping.unmatched([{"internalId": "2"}]) == [f"{base}.city", f"{base}.country"]
+    bad = CompiledMapping("customer", [FieldSpec("billing_address.geo.lat", "lat")])
+    assert [e.field for e in bad.errors] == ["billing_address.geo.lat"]
+
+
 # ------------------------------------------------------------------- transforms
+def test_collect_lists_the_non_blank_values():
+    """collect reads several paths into a list of the non-blank values, stripped, in order; all
+    blank means no value."""
+    spec = FieldSpec("lines", None, "collect", {"paths": ["AddressLine1", "AddressLine2", "AddressLine3"]})
+    mapping = CompiledMapping("x", [spec])
+    assert mapping.apply({"AddressLine1": "Level 2", "AddressLine2": " ", "AddressLine3": "1 Queen St"})[0] == {
+        "lines": ["Level 2", "1 Queen St"]}
+    assert mapping.apply({"AddressLine2": ""})[0] == {}
+    assert [e.field for e in CompiledMapping("x", [FieldSpec("lines", None, "collect")]).errors] == ["lines"]
+
+
 def test_text_strips_and_enforces_max_length():
     """Text is stripped; a value longer than ``max_length`` is an error saying so."""
     assert value_of("text", "  Acme Inc.  ") == "Acme Inc."

@@ -18,7 +18,16 @@ PAYMENT = {"external_id": "p1", "customer_external_id": "7", "currency": "EUR", 
                {"invoice_external_id": "42", "amount": Decimal("100.00"), "date": date(2026, 2, 1)},
                {"invoice_external_id": "43", "amount": Decimal("50.00")}]}
 
+CUSTOMER = {"external_id": "1", "name": "Müller & Söhne GmbH", "billing_currency": "EUR",
+            "billing_address": {"lines": ["Leopoldstraße 12", "3. OG"], "city": "München", "region": "Bayern",
+                                "postal_code": "80802", "country": "DE"}}
+
 BAD = [
+    ("customer", {**CUSTOMER, "billing_address": {**CUSTOMER["billing_address"], "country": "Germany"}},
+     "billing_address"),
+    ("customer", {**CUSTOMER, "billing_address": {"lines": ["x" * 501]}}, "billing_address"),
+    ("customer", {**CUSTOMER, "billing_address": {"lines": [None]}}, "billing_address"),
+    ("customer", {**CUSTOMER, "billing_address": "Leopoldstraße 12"}, "billing_address"),
     ("invoice", {**INVOICE, "currency": "XYZ"}, "currency"),
     ("invoice", {**INVOICE, "amount": Decimal("-1")}, "amount"),
     ("invoice", {**INVOICE, "due_date": date(2025, 12, 1)}, "due_date"),
@@ -36,10 +45,19 @@ BAD = [
 @pytest.mark.parametrize("name,record", [("invoice", INVOICE), ("payment", PAYMENT),
                                          ("customer", {"external_id": "1", "name": "O'Brien Ltd",
                                                        "billing_currency": "GBP", "arr": Decimal("1000"),
-                                                       "contacts": [{"email": "cfo@x.example", "role": "escalation"}]})])
+                                                       "contacts": [{"email": "cfo@x.example", "role": "escalation"}]}),
+                                         ("customer", CUSTOMER),
+                                         ("customer", {**CUSTOMER, "billing_address": None}),
+                                         ("customer", {**CUSTOMER, "billing_address": {"city": "Wien"}})])
 def test_fast_loader_gives_what_marshmallow_gives_on_good_records(name, record):
     """On a valid typed record the fast path returns exactly marshmallow's result (defaults included)."""
     assert FAST_LOADERS[name].load(record) == SCHEMAS[name].load(record)
+
+
+def test_an_address_stays_on_the_fast_path():
+    """A customer with a billing address (a nested object with a list of lines) is loaded by the
+    fast path itself, not by the fallback to marshmallow (the sync's records/s depend on it)."""
+    assert FAST_LOADERS["customer"]._fast(CUSTOMER) == SCHEMAS["customer"].load(CUSTOMER)
 
 
 @pytest.mark.parametrize("name,record,field", BAD)
