@@ -33,6 +33,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import mimetypes
 import threading
 from dataclasses import dataclass
@@ -278,6 +279,36 @@ def _bucket(days_past_due: int, edges) -> int:
     return len(edges) + 1
 
 
+#: countries whose addresses put the postal code before the city ("80331 München"), the region
+#: left out; elsewhere "City, Region Postal" (US, CA, AU, ...), and in GB and IE the postcode on
+#: its own line after the town
+POSTAL_CODE_FIRST = frozenset({"AT", "BE", "CH", "CZ", "DE", "DK", "ES", "FI", "FR", "IT", "LU", "MX", "NL", "NO",
+                               "PL", "PT", "SE"})
+POSTCODE_LAST_LINE = frozenset({"GB", "IE"})
+
+
+def address_lines(address: dict | str | None, country: str | None, locale: str) -> list[str]:
+    """The lines to print under the customer's name: the street lines, the locality in the
+    country's usual order, and the country's name in ``locale`` (the address's country, else the
+    customer's). Without an address: the country alone."""
+    if isinstance(address, str):
+        address = json.loads(address)
+    address = address or {}
+    code = (address.get("country") or country or "").upper() or None
+    out = [line.strip() for line in address.get("lines") or [] if line and line.strip()]
+    city, region, postal = (str(address.get(k) or "").strip() for k in ("city", "region", "postal_code"))
+    if region == city:
+        region = ""
+    if code in POSTAL_CODE_FIRST:
+        out.append(" ".join(p for p in (postal, city) if p))
+    elif code in POSTCODE_LAST_LINE:
+        out += [city, region, postal]
+    else:
+        out.append(", ".join(p for p in (city, " ".join(p for p in (region, postal) if p)) if p))
+    name = _country_name(code, locale)
+    return [line for line in out if line] + ([name] if name else [])
+
+
 def _country_name(country: str | None, locale: str) -> str | None:
     if not country:
         return None
@@ -328,13 +359,15 @@ def statement_context(customer_id: int, *, as_of: date, reporting_currency: str,
     ph = placeholders(1)
     row = database.execute_sql(
         f'SELECT c."name", c."number", c."email", c."country", c."locale", c."billing_currency", '
-        f'b."name", b."email", b."phone", (SELECT "name" FROM "company" ORDER BY "id" LIMIT 1) '
+        f'b."name", b."email", b."phone", (SELECT "name" FROM "company" ORDER BY "id" LIMIT 1), '
+        f'c."billing_address" '
         f'FROM "customer" c LEFT JOIN "contact" b ON b."id" = (SELECT MIN(x."id") FROM "contact" x '
         f'WHERE x."customer_id" = c."id" AND x."role" = \'billing\' AND x."deleted_at" IS NULL) '
         f'WHERE c."id" = {ph}', (customer_id,)).fetchone()
     if row is None:
         raise StatementNotFound(f"no customer with id {customer_id}")
-    name, number, email, country, customer_locale, billing_currency, c_name, c_email, c_phone, company = row
+    (name, number, email, country, customer_locale, billing_currency, c_name, c_email, c_phone, company,
+     billing_address) = row
     loc = parse_locale(locale or customer_locale, "en")
 
     invoices = database.execute_sql(
@@ -403,14 +436,13 @@ def statement_context(customer_id: int, *, as_of: date, reporting_currency: str,
                            "open_reporting": t.open_reporting if t.rate is not None else None,
                            "balance_reporting": t.balance_reporting})
     converted = [t for t in totals.values() if t.rate is not None]
-    country_name = _country_name(country, loc)
     return {
         "locale": loc,
         "as_of": as_of,
         "company": {"name": company or "", "remittance": remittance_text(s)},
         "customer": {"id": customer_id, "name": name, "number": number, "email": email,
                      "billing_currency": billing_currency,
-                     "address_lines": [country_name] if country_name else [],
+                     "address_lines": address_lines(billing_address, country, loc),
                      "contact": {"name": c_name, "email": c_email, "phone": c_phone} if (c_name or c_email) else None},
         "lines": lines,
         "credits": credits,

@@ -78,6 +78,23 @@ def test_the_pay_link_shows_open_invoices_totals_and_remittance_without_a_login(
     assert "/login" not in resp.headers.get("Location", "")
 
 
+def test_the_pay_page_shows_the_billing_address_under_the_name(book, redis_url):
+    """The billing address the statement prints (street lines, "80331 München", the country in the
+    customer's language) is on the pay page too, under the customer's name; without an address,
+    the country alone."""
+    from middleware.models import Customer
+
+    Customer.update(billing_address={"lines": ["Leopoldstraße 12", "3. OG"], "city": "München",
+                                     "postal_code": "80331", "country": "DE"}).where(Customer.id == book["de"]).execute()
+    client = _client()
+    page = client.get(_url(book["de"])).get_data(as_text=True)
+    assert ('<address class="mb-1" data-testid="pay-address">Leopoldstraße 12<br>3. OG<br>80331 München<br>'
+            'Deutschland</address>') in page
+    assert page.index("pay-customer") < page.index("pay-address")
+    page = client.get(_url(book["quiet"])).get_data(as_text=True)
+    assert 'data-testid="pay-address">United States</address>' in page
+
+
 def test_pay_now_links_to_the_configured_payment_url_with_the_amount_to_pay(book, redis_url, monkeypatch):
     """With ARHUB_PAYMENT_URL set, the page offers "Pay now" with the balance (open invoices minus
     credits), currency and reference filled into the URL template, URL-encoded."""

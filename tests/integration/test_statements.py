@@ -127,6 +127,34 @@ def test_german_statement_shows_open_invoices_aging_totals_and_usd_at_closing_ra
     assert "1,20" not in text
 
 
+def test_the_billing_address_is_printed_under_the_name_in_the_countrys_order(book):
+    """The customer's billing address from the ERP sits under its name on the statement: the
+    street lines, then the locality in the country's order ("80331 München" in Germany, "San
+    Francisco, CA 94105" in the US, the postcode on its own line in the UK), then the country's
+    name in the statement's language; a customer with no address shows its country alone."""
+    from middleware.models import Customer
+
+    Customer.update(billing_address={"lines": ["Leopoldstraße 12", "3. OG"], "city": "München", "region": "Bayern",
+                                     "postal_code": "80331", "country": "DE"}).where(Customer.id == book["de"]).execute()
+    Customer.update(billing_address={"lines": ["1 Market Street", "Suite 300"], "city": "San Francisco",
+                                     "region": "CA", "postal_code": "94105", "country": "US"}
+                    ).where(Customer.id == book["quiet"]).execute()
+    Customer.update(billing_address={"lines": ["10 Old Street"], "city": "London", "postal_code": "EC1A 1BB",
+                                     "country": "GB"}).where(Customer.id == book["gb"]).execute()
+    for key, expected in (
+            ("de", ["Nordwind Handels GmbH", "Leopoldstraße 12", "3. OG", "80331 München", "Deutschland",
+                    "Attn. Erika Muster"]),
+            ("quiet", ["Quiet Corp", "1 Market Street", "Suite 300", "San Francisco, CA 94105", "United States"]),
+            ("gb", ["Thames Ltd", "10 Old Street", "London", "EC1A 1BB", "United Kingdom"])):
+        lines = [line.strip() for line in _text(_pdf(book[key]))[0].splitlines()]
+        start = lines.index(expected[0])
+        assert lines[start:start + len(expected)] == expected, lines[:12]
+    assert "Bayern" not in _text(_pdf(book["de"]))[0]  # a German address names no region
+    lines = [line.strip() for line in _text(_pdf(book["jp"]))[0].splitlines()]
+    after = lines[lines.index("Sakura Trading KK") + 1]  # pypdf joins it with the facts column's first line
+    assert after.startswith("Japan ") and "Statement" in after  # no address: the country alone
+
+
 def test_jpy_statement_has_no_minor_units_and_english_formatting(book):
     """A JPY invoice shows as ¥12,000 (no decimals) for an en_US customer, and its USD equivalent
     at the closing rate 0.0067 of Nov 28, 2026 is $80.40."""
