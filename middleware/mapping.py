@@ -326,8 +326,54 @@ def _reciprocal(args):
     return run
 
 
+#: names people type for countries that CLDR spells otherwise
+_COUNTRY_ALIASES = {"usa": "US", "u.s.a.": "US", "u.s.": "US", "united states of america": "US", "america": "US",
+                    "uk": "GB", "u.k.": "GB", "great britain": "GB", "england": "GB", "scotland": "GB",
+                    "wales": "GB", "northern ireland": "GB", "holland": "NL", "the netherlands": "NL",
+                    "gbr": "GB", "deu": "DE", "fra": "FR", "nld": "NL", "aus": "AU", "nzl": "NZ", "can": "CA",
+                    "jpn": "JP", "irl": "IE", "esp": "ES", "ita": "IT", "che": "CH", "aut": "AT", "bel": "BE",
+                    "swe": "SE", "nor": "NO", "dnk": "DK", "fin": "FI", "sgp": "SG", "ind": "IN", "bra": "BR"}
+_COUNTRY_NAME_LOCALES = ("en", "de", "fr", "es", "it", "nl", "pt", "sv", "da", "ja")
+_country_names: dict[str, str] = {}
+
+
+def _country_table() -> dict[str, str]:
+    """Lower-cased country name (CLDR, in several languages) or alias -> ISO 3166 alpha-2."""
+    if not _country_names:
+        from babel import Locale
+
+        table = {}
+        for tag in _COUNTRY_NAME_LOCALES:
+            for code, name in Locale.parse(tag).territories.items():
+                if len(code) == 2 and code.isalpha() and code not in ("ZZ", "EU", "EZ", "UN", "QO"):
+                    table.setdefault(name.casefold(), code)
+        table.update(_COUNTRY_ALIASES)
+        _country_names.update(table)
+    return _country_names
+
+
+def _country(args):
+    """ISO 3166 alpha-2 from a code or a country's name ("New Zealand", "Deutschland", "USA").
+    ``args.unknown: null`` maps a value that is neither to no value instead of an error (for
+    optional fields such as an address's country, so a typo does not reject the whole record)."""
+    lenient = "unknown" in args and args["unknown"] is None
+
+    def run(value):
+        text = " ".join(str(value).split())
+        if len(text) == 2 and text.isalpha():
+            return text.upper()
+        code = _country_table().get(text.casefold())
+        if code is None:
+            if lenient:
+                return None
+            raise ValueError(f"{text!r} is not an ISO 3166 country code or a country name")
+        return code
+    return run
+
+
 TRANSFORMS: dict[str, Callable[[dict], Callable[[Any], Any]]] = {
     "text": _text,
+    "country": _country,
     "upper": _case("upper"),
     "lower": _case("lower"),
     "decimal": _decimal,

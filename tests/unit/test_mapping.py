@@ -344,3 +344,31 @@ def test_bad_transform_arguments_are_mapping_errors():
                                           FieldSpec("memo", None, "text")])
     assert [e.field for e in mapping.errors] == ["status", "kind", "memo"]
     assert "args.map" in mapping.errors[0].message and "args.value" in mapping.errors[1].message
+
+
+def test_country_transform_reads_codes_and_names_in_several_languages():
+    """Xero keeps countries as free text: codes, English and other names and common aliases all
+    become ISO 3166 alpha-2; an unknown name is a field error, or no value where the preset says so."""
+    from middleware.mapping import TRANSFORMS
+
+    strict = TRANSFORMS["country"]({})
+    assert [strict(v) for v in ("nz", "New Zealand", " new  zealand ", "Deutschland", "USA", "Royaume-Uni",
+                                "Japan", "España")] == ["NZ", "NZ", "NZ", "DE", "US", "GB", "JP", "ES"]
+    with pytest.raises(ValueError, match="'Narnia' is not an ISO 3166 country code or a country name"):
+        strict("Narnia")
+    assert TRANSFORMS["country"]({"unknown": None})("Narnia") is None
+
+
+def test_a_free_text_country_in_an_address_does_not_reject_the_customer():
+    """With the Xero preset's rows, "New Zealand" lands as NZ and an unknown country leaves the address without one."""
+    mapping = CompiledMapping("customer", [
+        FieldSpec("billing_address.city", "Addresses[AddressType=POBOX].City"),
+        FieldSpec("billing_address.country", "Addresses[AddressType=POBOX].Country", "country", {"unknown": None}),
+    ])
+    raw = {"Addresses": [{"AddressType": "POBOX", "City": "Wellington", "Country": "New Zealand"}]}
+    record, errors = mapping.apply(raw)
+    assert errors == [] and record["billing_address"] == {"city": "Wellington", "country": "NZ"}
+    raw["Addresses"][0]["Country"] = "Middle Earth"
+    record, errors = mapping.apply(raw)
+    assert errors == [] and record["billing_address"]["city"] == "Wellington"
+    assert record["billing_address"].get("country") is None
