@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections import namedtuple
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -41,6 +42,12 @@ PENDING_BULK_CALLS = 2  # a started job's poll and failed results, not yet spent
 #: Part of every summary's input digest: bump it when the way a summary is computed from its inputs
 #: changes (new fields, other figures), so every summary is rebuilt and compared once.
 SUMMARY_VERSION = 1
+INVOICE_VERSION = 1  # the same for an open invoice's digest (its raw row, owner and the date)
+
+
+#: The customer columns a summary is built from, read without conversions (dates converted when rebuilt).
+_Customer = namedtuple("_Customer", "id external_id name sf_account_id billing_currency collector paused_until "
+                                    "paused_reason source_id")
 
 
 class BudgetExhausted(RuntimeError):
@@ -103,8 +110,8 @@ class Pusher:
         self.reserve = int(self.config.get("budget_reserve", 5000))
         self.progress = progress or (lambda name, done, total: None)
         self.stopped: str | None = None
-        self.inputs: dict[str, str] = {}  # summary key → input digest (build)
-        self.summary_candidates = 0
+        self.inputs: dict[str, dict[str, str]] = {}  # role → record key → input digest (build)
+        self.candidates: dict[str, int] = {}  # role → records that could be sent (build)
         self._acked_cache: dict[str, dict] = {}
         known_rate = source.config.get("bulk_rows_per_s")
         if known_rate and getattr(connector, "bulk_rate", 0) is None:
@@ -125,10 +132,11 @@ class Pusher:
     def _acked(self, sobject: str) -> dict[str, tuple[str | None, str | None]]:
         """record key → (acknowledged hash, Salesforce id) for one object (read once per push)."""
         if sobject not in self._acked_cache:
-            self._acked_cache[sobject] = {
-                k: (h, sid) for k, h, sid in SfPushState.select(SfPushState.record_key, SfPushState.acked_hash,
-                                                                SfPushState.sf_id)
-                .where(SfPushState.source == self.source.id, SfPushState.object_name == sobject).tuples().iterator()}
+            ph = placeholders(1)
+            cursor = database.execute_sql(
+                f'SELECT "record_key", "acked_hash", "sf_id" FROM "sf_push_state" WHERE "source_id" = {ph} '
+                f'AND "object_name" = {ph}', (self.source.id, sobject))
+            self._acked_cache[sobject] = {k: (h, sid) for k, h, sid in cursor.fetchall()}
         return self._acked_cache[sobject]
 
     def _summary_object(self) -> str:
@@ -143,12 +151,11 @@ class Pusher:
         tags, and :func:`~middleware.ar.customer_fingerprints` (its documents and applications); it is
         stored beside the payload hash when Salesforce acknowledges the summary. An unchanged digest
         gives the same payload, so the costly figures (:func:`~middleware.ar.customer_snapshots`)
-        are computed only for the others, and their payload hash still decides what is sent."""
-        customers = list(Customer.select(Customer.id, Customer.external_id, Customer.name, Customer.sf_account_id,
-                                         Customer.billing_currency, Customer.collector, Customer.paused_until,
-                                         Customer.paused_reason, Customer.source.alias("source_id"))
-                         .where(Customer.sf_account_id.is_null(False), Customer.deleted_at.is_null())
-                         .namedtuples().iterator())
+        are computed only for the others, and their payload hash still decides what is sent.
+        Invoices: the same, from each open invoice's raw row, owner and the date (``_invoices``)."""
+        customers = [_Customer._make(row) for row in database.execute_sql(
+            f'SELECT {", ".join(_Customer._fields)} FROM "customer" '
+            'WHERE "sf_account_id" IS NOT NULL AND "deleted_at" IS NULL').fetchall()]  # raw: converted when rebuilt
         names = {s.id: s.name for s in Source.select(Source.id, Source.name)}
         tags: dict[int, list[str]] = {}
         for cid, name in (CustomerTag.select(CustomerTag.customer, Tag.name).join(Tag).tuples().iterator()):
@@ -161,7 +168,8 @@ class Pusher:
             default=str).encode()).hexdigest()
         documents = customer_fingerprints()
         acked = self._acked(self._summary_object())
-        self.inputs = {}
+        self.inputs = {"summary": {}, "invoice": {}}
+        inputs = self.inputs["summary"]
         todo, keys_by_customer = [], {}
         for c in customers:
             key = customer_key(names[c.source_id], c.external_id)
@@ -169,10 +177,10 @@ class Pusher:
             own = (settings, key, c.id, c.name, c.sf_account_id, c.billing_currency, c.collector, c.paused_until,
                    c.paused_reason, sorted(tags.get(c.id, [])), documents.get(c.id))
             digest = hashlib.md5("\x1f".join(map(repr, own)).encode()).hexdigest()[:16]
-            self.inputs[key] = digest
+            inputs[key] = digest
             if full or (acked.get(key, (None,))[0] or "")[16:] != digest:
-                todo.append((key, c))
-        self.summary_candidates = len(customers)
+                todo.append((key, c._replace(paused_until=Customer.paused_until.python_value(c.paused_until))))
+        self.candidates["summary"] = len(customers)
         snaps = customer_snapshots([c.id for _, c in todo], as_of=self.as_of, reporting_currency=self.reporting,
                                    edges=edges, period_days=period_days, book=book) if todo else {}
         summaries = []
@@ -213,26 +221,46 @@ class Pusher:
                 "days_overdue": max(days, 0), "status": status, "po_number": po, "synced_at": self.now}
 
     def _invoices(self, keys_by_customer: dict, names: dict, full: bool) -> list[tuple[str, int | None, dict]]:
+        """Open invoices of linked customers (only those whose row, owner or date changed since
+        Salesforce acknowledged them, unless ``full``), and the closing state of invoices Salesforce
+        may still show open. An open invoice's input digest is taken from its raw row, so an
+        unchanged one costs neither conversions nor a payload."""
         cols = (Invoice.customer, Invoice.source, Invoice.number, Invoice.issue_date, Invoice.due_date,
                 Invoice.currency, Invoice.amount, Invoice.open_amount, Invoice.open_amount_reporting,
                 Invoice.po_number)
+        convert = [c.python_value for c in cols]
+        sobject = self.objects.get("invoice", {}).get("object", "AR_Invoice__c")
+        acked = self._acked(sobject)
+        inputs = self.inputs.setdefault("invoice", {})
+        settings = f"{INVOICE_VERSION}|{self.as_of}"
+        md5 = hashlib.md5
         out, open_keys = [], set()
-        query = (Invoice.select(Invoice.external_id, *cols)
-                 .where(Invoice.status == "open", Invoice.open_amount > 0, Invoice.deleted_at.is_null(),
-                        Invoice.customer.is_null(False)))
-        for ext, *row in query.tuples().iterator():
-            owner = keys_by_customer.get(row[0])
-            if owner is None:
-                continue
-            key = customer_key(names[row[1]], ext)
-            due = row[4] if isinstance(row[4], date) else date.fromisoformat(str(row[4])[:10])
-            row[4] = due
-            open_keys.add(key)
-            out.append((key, row[0], self._invoice_payload(key, tuple(row), owner,
-                                                           "Overdue" if due < self.as_of else "Open")))
+        sql = ('SELECT "external_id", ' + ", ".join(f'"{c.column_name}"' for c in cols) + ' FROM "invoice" '
+               f'WHERE "status" = {placeholders(1)} AND "open_amount" > 0 AND "deleted_at" IS NULL '
+               'AND "customer_id" IS NOT NULL')
+        cursor = database.execute_sql(sql, ("open",))
+        while True:
+            rows = cursor.fetchmany(5000)
+            if not rows:
+                break
+            for ext, *row in rows:
+                owner = keys_by_customer.get(row[0])
+                if owner is None:
+                    continue
+                key = customer_key(names[row[1]], ext)
+                open_keys.add(key)
+                digest = md5(f"{settings}|{key}|{owner}|{row}".encode()).hexdigest()[:16]
+                inputs[key] = digest
+                if not full and (acked.get(key, (None,))[0] or "")[16:] == digest:
+                    continue
+                row = [fn(value) for fn, value in zip(convert, row)]
+                due = row[4] if isinstance(row[4], date) else date.fromisoformat(str(row[4])[:10])
+                row[4] = due
+                out.append((key, row[0], self._invoice_payload(key, tuple(row), owner,
+                                                               "Overdue" if due < self.as_of else "Open")))
         # invoices Salesforce still shows as open: send their closing state once
-        pending = [k for k in self._acked(self.objects.get("invoice", {}).get("object", "AR_Invoice__c"))
-                   if k not in open_keys]
+        pending = [k for k in acked if k not in open_keys]
+        self.candidates["invoice"] = len(open_keys) + len(pending)
         by_ext: dict[str, str] = {}
         for key in pending:
             src, _, ext = key.partition(":")
@@ -266,8 +294,7 @@ class Pusher:
             if not spec:
                 continue
             items = built.get(role, [])
-            stats = result[role] = PushStats(candidates=self.summary_candidates if role == "summary" else len(items),
-                                             rebuilt=len(items))
+            stats = result[role] = PushStats(candidates=self.candidates.get(role, len(items)), rebuilt=len(items))
             plans.append((spec, self._changed(role, spec, items, stats, full), stats))
         started: list = []
         try:
@@ -298,20 +325,20 @@ class Pusher:
 
     def _changed(self, role: str, spec: dict, items: list, stats: PushStats, full: bool) -> list:
         """The records whose payload differs from the acknowledged one, as (key, customer id, hash to
-        store, status, Salesforce record). Summaries store ``payload hash[:16] + input digest``; one whose
-        inputs changed but payload did not only gets its stored digest renewed (no API call)."""
+        store, status, Salesforce record). Payloads compare by the first half of their hash (64 bits);
+        the stored hash is ``payload hash[:16] + input digest`` (records built from inputs, see
+        ``build``) or the whole payload hash. A record whose inputs changed but payload did not only
+        gets its stored digest renewed (no API call)."""
         sobject = spec["object"]
         acked = self._acked(sobject)
-        inputs = self.inputs if role == "summary" else {}
+        inputs = self.inputs.get(role, {})
         changed, renewed = [], []
         for key, customer_id, payload in items:
             digest = payload_hash(payload)
             stored = acked.get(key, (None,))[0] or ""
             inputs_digest = inputs.get(key)
-            if inputs_digest is None:
-                same, store = stored == digest, digest
-            else:
-                same, store = stored[:16] == digest[:16], digest[:16] + inputs_digest
+            same = stored[:16] == digest[:16]
+            store = digest if inputs_digest is None else digest[:16] + inputs_digest
             if full or not same:
                 changed.append((key, customer_id, store, payload.get("status"), self._to_sf(spec, payload)))
             elif store != stored:
