@@ -47,7 +47,7 @@ COLLECTION_LIMIT = 200
 COMPOSITE_SUBREQUESTS = 25
 _LIMIT_RE = re.compile(r"api-usage=(\d+)/(\d+)")
 RETRYABLE_CODES = {"UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"}
-BULK_ROWS_PER_S = 20000.0  # first guess at a Bulk job's processing rate, until a job was seen
+BULK_ROWS_PER_S = 10000.0  # first guess at a Bulk job's processing rate, until a job was seen
 MAX_POLL_WAIT = 60.0
 
 
@@ -153,7 +153,7 @@ class SalesforceConnector:
         if self.bulk_rate:
             estimate = rows / self.bulk_rate * 1.1 + 0.25
         else:
-            estimate = min(rows / BULK_ROWS_PER_S, 20.0)
+            estimate = rows / BULK_ROWS_PER_S
         return min(max(0.5, estimate - elapsed), MAX_POLL_WAIT)
 
     @property
