@@ -33,6 +33,7 @@ class TemplateRenderError(ValueError):
     """A template that cannot render: names the template and the cause (line when known)."""
 
 
+@lru_cache(maxsize=512)
 def parse_locale(locale: str | None, default: str = "en") -> str:
     """A Babel locale identifier (``de_DE``, ``fr``) or ``default`` when unknown."""
     if not locale:

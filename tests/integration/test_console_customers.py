@@ -115,6 +115,24 @@ def test_filters_return_the_right_customers(client, book):
     assert _names(page("?sort=open&dir=asc"))[:3] == ["Umbrella Corp", "Globex GmbH", "Initech Inc."]
 
 
+def test_a_search_pages_and_counts_its_matches(client, book, monkeypatch):
+    """A search over many customers shows the right count and the right names on each page, both
+    through the one-pass id search and, above its cap, through the general count-and-page path."""
+    from console.views.customers import queries
+
+    for n in range(30):
+        book.customer(f"Hooli {n:02d}")
+    expected = [f"Hooli {n:02d}" for n in range(30)]
+    for cap in (queries.SEARCH_IDS_MAX, 10):  # the one-pass path, then the general path
+        monkeypatch.setattr(queries, "SEARCH_IDS_MAX", cap)
+        first = client.get("/customers/?q=hooli&per_page=25").get_data(as_text=True)
+        second = client.get("/customers/?q=hooli&per_page=25&page=2").get_data(as_text=True)
+        assert "30 match" in first and "30 match" in second
+        assert _names(first) == expected[:25] and _names(second) == expected[25:]
+        assert _names(client.get("/customers/?q=hooli&dir=desc&per_page=25").get_data(as_text=True)) == \
+            expected[::-1][:25]
+
+
 def test_status_and_campaign_filters(client, book):
     """Paused, disputed and campaign filters list the customers in that state today."""
     Customer.update(paused_until=book.today + timedelta(days=3)).where(Customer.id == book.initech.id).execute()
