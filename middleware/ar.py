@@ -271,12 +271,12 @@ def _ph() -> str:
     return placeholders(1)
 
 
-def _u(column: str) -> str:
+def sql_money(column: str) -> str:
     """An exact money expression: integer ten-thousandths on SQLite (floats there), numeric on PostgreSQL."""
     return column if is_postgres() else f"CAST(ROUND({column} * 10000) AS INTEGER)"
 
 
-def _money(value) -> Decimal:
+def money_from_sql(value) -> Decimal:
     if value is None:
         return ZERO
     if is_postgres():
@@ -284,7 +284,7 @@ def _money(value) -> Decimal:
     return Decimal(int(value)).scaleb(-4)
 
 
-def _days(later: str, earlier: str) -> str:
+def sql_days(later: str, earlier: str) -> str:
     """Whole days from ``earlier`` to ``later`` (date columns or a date parameter)."""
     if is_postgres():
         return f"(CAST({later} AS date) - CAST({earlier} AS date))"
@@ -342,16 +342,16 @@ def _open_invoice_rows(dates: Sequence[date], ids: Sequence[int] | None, detail:
 
     ``wrap``: (prefix, suffix, args after) around the statement, which becomes a subquery ``t``."""
     p = _ph()
-    amount = _u("i.amount")
+    amount = sql_money("i.amount")
     last = max(dates)
     if len(dates) == 1:
-        applied = f'COALESCE(SUM({_u("a.amount")}), 0)'
+        applied = f'COALESCE(SUM({sql_money("a.amount")}), 0)'
         opens, open_args = [f"{amount} - {applied}"], ()
     else:  # one join up to the last date; what each date saw, by conditional sums
         opens = [f'CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(SUM(CASE WHEN a."date" <= {p} '
-                 f'THEN {_u("a.amount")} END), 0) ELSE 0 END' for _ in dates]
+                 f'THEN {sql_money("a.amount")} END), 0) ELSE 0 END' for _ in dates]
         open_args = tuple(d for day in dates for d in (day, day))
-    cols = f'i.customer_id AS cid, i.currency AS cur, {_days(p, "i.due_date")} AS dpd, ' + ", ".join(
+    cols = f'i.customer_id AS cid, i.currency AS cur, {sql_days(p, "i.due_date")} AS dpd, ' + ", ".join(
         f"{expr} AS o{k}" for k, expr in enumerate(opens))
     group = "i.id, i.customer_id, i.currency, i.due_date, i.amount, i.issue_date"
     if detail:
@@ -366,10 +366,10 @@ def _open_invoice_rows(dates: Sequence[date], ids: Sequence[int] | None, detail:
     keep = " OR ".join(f"t.o{k} > 0" for k in range(len(opens)))
     sql = f"SELECT * FROM ({inner}) t WHERE {keep}"
     # the whole table: applications summed per invoice first, then one hash join (no group over invoices)
-    sums = ", ".join(f'SUM(CASE WHEN "date" <= {p} THEN {_u("amount")} ELSE 0 END) AS s{k}' for k in range(len(dates)))
+    sums = ", ".join(f'SUM(CASE WHEN "date" <= {p} THEN {sql_money("amount")} ELSE 0 END) AS s{k}' for k in range(len(dates)))
     agg = (f'SELECT invoice_id, {sums} FROM application WHERE "date" <= {p} AND invoice_id IS NOT NULL '
            f"GROUP BY invoice_id")
-    whole_cols = f'i.customer_id AS cid, i.currency AS cur, {_days(p, "i.due_date")} AS dpd, ' + ", ".join(
+    whole_cols = f'i.customer_id AS cid, i.currency AS cur, {sql_days(p, "i.due_date")} AS dpd, ' + ", ".join(
         f"CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(x.s{k}, 0) ELSE 0 END AS o{k}"
         for k in range(len(dates)))
     if detail:
@@ -389,15 +389,15 @@ def _unapplied_rows(as_of: date, ids: Sequence[int] | None) -> Iterator[tuple]:
     """Payments and credit memos with credit not applied on ``as_of``: (customer id, currency, unapplied)."""
     p = _ph()
     for table, kind in (("payment", "payment"), ("credit_memo", "credit_memo")):
-        unapplied = f'{_u("d.amount")} - COALESCE(SUM({_u("a.amount")}), 0)'
+        unapplied = f'{sql_money("d.amount")} - COALESCE(SUM({sql_money("a.amount")}), 0)'
         status = f" AND d.status NOT IN ({_quoted(VOID)})" if table == "credit_memo" else ""
         sql = (f"SELECT d.customer_id, d.currency, {unapplied} FROM {table} d LEFT JOIN application a "
                f"ON a.source_id = d.source_id AND a.doc_kind = '{kind}' AND a.doc_external_id = d.external_id "
                f"AND a.\"date\" <= {p} WHERE d.\"date\" <= {p} AND d.deleted_at IS NULL{status}{{filter}} "
                f"GROUP BY d.id, d.customer_id, d.currency, d.amount HAVING {unapplied} > 0")
-        agg = (f'SELECT source_id, doc_external_id, SUM({_u("amount")}) AS s FROM application '
+        agg = (f'SELECT source_id, doc_external_id, SUM({sql_money("amount")}) AS s FROM application '
                f'WHERE doc_kind = \'{kind}\' AND "date" <= {p} GROUP BY source_id, doc_external_id')
-        left = f'{_u("d.amount")} - COALESCE(x.s, 0)'
+        left = f'{sql_money("d.amount")} - COALESCE(x.s, 0)'
         whole = (f"SELECT d.customer_id, d.currency, {left} FROM {table} d LEFT JOIN ({agg}) x "
                  f"ON x.source_id = d.source_id AND x.doc_external_id = d.external_id "
                  f'WHERE d."date" <= {p} AND d.deleted_at IS NULL{status} AND {left} > 0')
@@ -532,7 +532,7 @@ def _open_cells_python(dates, ids, edges, book, per_customer) -> tuple[list[Cell
                 cell[5] = dpd
     for by_key in cells:
         for cell in by_key.values():
-            cell[0], cell[4] = _money(cell[0]), _money(cell[4])
+            cell[0], cell[4] = money_from_sql(cell[0]), money_from_sql(cell[4])
     return cells, len(seen)
 
 
@@ -578,7 +578,7 @@ def _tally(dates: Sequence[date], ids: Sequence[int] | None, edges: Sequence[int
     if with_unapplied:
         as_of, closing, tally = dates[0], _Closing(book, dates[0]), out[0]
         for _, currency, raw in _unapplied_rows(as_of, ids):
-            amount = _money(raw)
+            amount = money_from_sql(raw)
             tally.currency(currency).unapplied += amount
             rep = closing.convert(amount, currency)
             if rep is None:
@@ -600,9 +600,9 @@ def _daily_sales(first: date, last: date, ids: Sequence[int] | None
     missing: list[tuple[date, str, str, int, Decimal]] = []
     for table, day_col, out, sign, kind in (("invoice", "issue_date", NOT_RECEIVABLE, 1, "sales"),
                                             ("credit_memo", '"date"', VOID, -1, "credit_memos")):
-        sql = (f"SELECT customer_id, {day_col}, currency, SUM({_u('amount_reporting')}), "
+        sql = (f"SELECT customer_id, {day_col}, currency, SUM({sql_money('amount_reporting')}), "
                f"SUM(CASE WHEN amount_reporting IS NULL THEN 1 ELSE 0 END), "
-               f"SUM(CASE WHEN amount_reporting IS NULL THEN {_u('amount')} ELSE 0 END) FROM {table} "
+               f"SUM(CASE WHEN amount_reporting IS NULL THEN {sql_money('amount')} ELSE 0 END) FROM {table} "
                f"WHERE {day_col} >= {p} AND {day_col} <= {p} AND status NOT IN ({_quoted(out)}) "
                f"AND deleted_at IS NULL{{filter}} GROUP BY customer_id, {day_col}, currency")
         if ids is None:  # the portfolio: no need to split by customer
@@ -610,9 +610,9 @@ def _daily_sales(first: date, last: date, ids: Sequence[int] | None
         for _, day, currency, rep, n_missing, missing_amount in _rows(sql, (first, last), (), ids, "customer_id"):
             day = _as_date(day)
             if rep is not None:
-                daily[day] += sign * _money(rep)
+                daily[day] += sign * money_from_sql(rep)
             if n_missing:
-                missing.append((day, kind, currency, int(n_missing), _money(missing_amount)))
+                missing.append((day, kind, currency, int(n_missing), money_from_sql(missing_amount)))
     return dict(daily), missing
 
 
@@ -667,16 +667,16 @@ def _paid_rows(as_of: date, period_days: int, ids: Sequence[int] | None) -> Iter
     p = _ph()
     after = as_of - timedelta(days=period_days)
     closed = (f"SELECT i.customer_id, i.issue_date, i.due_date, MIN(c.\"date\") AS closed_on FROM ("
-              f"SELECT a.invoice_id, a.\"date\", SUM({_u('a.amount')}) "
+              f"SELECT a.invoice_id, a.\"date\", SUM({sql_money('a.amount')}) "
               f"OVER (PARTITION BY a.invoice_id ORDER BY a.\"date\") AS cum FROM application a "
               f"WHERE a.\"date\" <= {p} AND a.invoice_id IN (SELECT invoice_id FROM application "
               f"WHERE \"date\" > {p} AND \"date\" <= {p} AND invoice_id IS NOT NULL)) c "
               f"JOIN invoice i ON i.id = c.invoice_id "
-              f"WHERE c.cum >= {_u('i.amount')} AND i.amount > 0 AND i.issue_date <= {p} "
+              f"WHERE c.cum >= {sql_money('i.amount')} AND i.amount > 0 AND i.issue_date <= {p} "
               f"AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL{{filter}} "
               f"GROUP BY i.id, i.customer_id, i.issue_date, i.due_date HAVING MIN(c.\"date\") > {p}")
-    late = _days("t.closed_on", "t.due_date")
-    sql = (f"SELECT t.customer_id, COUNT(*), SUM({_days('t.closed_on', 't.issue_date')}), "
+    late = sql_days("t.closed_on", "t.due_date")
+    sql = (f"SELECT t.customer_id, COUNT(*), SUM({sql_days('t.closed_on', 't.issue_date')}), "
            f"SUM(CASE WHEN t.closed_on <= t.due_date THEN 1 ELSE 0 END), "
            f"SUM(CASE WHEN t.closed_on > t.due_date THEN {late} ELSE 0 END) FROM ({closed}) t GROUP BY t.customer_id")
     return _rows(sql, (as_of, after, as_of, as_of), (after,), ids, "i.customer_id")
@@ -694,10 +694,10 @@ def invoice_aging(as_of: date, customer_ids: Iterable[int] | None = None, *, rep
     closing = _Closing(book, as_of) if book is not None else None
     out = []
     for cid, currency, dpd, raw, inv_id, number, amount, applied, issue, due in _open_invoice_rows([as_of], ids, True):
-        open_amount = _money(raw)
+        open_amount = money_from_sql(raw)
         found = closing.found(currency) if closing else None
         out.append(InvoiceAging(
-            inv_id, cid, number, currency, _money(amount), _money(applied), open_amount, _as_date(issue),
+            inv_id, cid, number, currency, money_from_sql(amount), money_from_sql(applied), open_amount, _as_date(issue),
             _as_date(due), dpd, labels[bucket_index(dpd, edges)],
             closing.convert(open_amount, currency) if found else None,
             found[0] if found else None, found[1] if found else None, found[2] if found else None))
@@ -824,7 +824,7 @@ def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, repor
     for cid, currency, raw in _unapplied_rows(as_of, ids):
         if cid is None:
             continue
-        snap, amount = get(cid), _money(raw)
+        snap, amount = get(cid), money_from_sql(raw)
         snap.unapplied_by_currency[currency] = snap.unapplied_by_currency.get(currency, ZERO) + amount
         rep = closing.convert(amount, currency)
         if rep is None:
@@ -847,7 +847,7 @@ def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, repor
 
 def _last_payments(out: dict, get, ids: Sequence[int] | None, as_of: date) -> None:
     p = _ph()
-    sql = (f"SELECT p.customer_id, p.\"date\", SUM({_u('p.amount_reporting')}), COUNT(p.amount_reporting) "
+    sql = (f"SELECT p.customer_id, p.\"date\", SUM({sql_money('p.amount_reporting')}), COUNT(p.amount_reporting) "
            f"FROM payment p "
            f"JOIN (SELECT customer_id, MAX(\"date\") AS d FROM payment WHERE deleted_at IS NULL AND \"date\" <= {p} "
            f"AND customer_id IS NOT NULL{{filter}} GROUP BY customer_id) m "
@@ -856,7 +856,7 @@ def _last_payments(out: dict, get, ids: Sequence[int] | None, as_of: date) -> No
     for cid, day, amount, converted in _rows(sql, (as_of,), (), ids, "customer_id"):
         snap = get(cid)
         snap.last_payment_date = _as_date(day)
-        snap.last_payment_reporting = _money(amount) if converted else None
+        snap.last_payment_reporting = money_from_sql(amount) if converted else None
 
 
 def _net_sales(get, ids: Sequence[int] | None, as_of: date, period_days: int) -> None:
@@ -865,11 +865,11 @@ def _net_sales(get, ids: Sequence[int] | None, as_of: date, period_days: int) ->
     sales: dict[int, Decimal] = defaultdict(lambda: ZERO)
     for table, day_col, out, sign in (("invoice", "issue_date", NOT_RECEIVABLE, 1),
                                       ("credit_memo", '"date"', VOID, -1)):
-        sql = (f"SELECT customer_id, SUM({_u('amount_reporting')}) FROM {table} WHERE {day_col} > {p} "
+        sql = (f"SELECT customer_id, SUM({sql_money('amount_reporting')}) FROM {table} WHERE {day_col} > {p} "
                f"AND {day_col} <= {p} AND deleted_at IS NULL AND customer_id IS NOT NULL "
                f"AND status NOT IN ({_quoted(out)}){{filter}} GROUP BY customer_id")
         for cid, amount in _rows(sql, (start, as_of), (), ids, "customer_id"):
-            sales[cid] += sign * _money(amount)
+            sales[cid] += sign * money_from_sql(amount)
     for cid, amount in sales.items():
         get(cid).net_sales_reporting = amount
 
@@ -900,8 +900,8 @@ def customer_fingerprints(customer_ids: Iterable[int] | None = None) -> dict[int
         sql = f"SELECT customer_id, {figures} FROM {table} WHERE customer_id IS NOT NULL{{filter}} GROUP BY customer_id"
         for cid, figures_text in _rows(sql, (), (), ids, "customer_id"):
             parts[cid].append(figures_text)
-    day = _days('a."date"', "'2000-01-01'")
-    figures = text("applied", "COUNT(*)", "SUM(a.id)", f"SUM({_u('a.amount')})", f"SUM({day})", 'MAX(a."date")')
+    day = sql_days('a."date"', "'2000-01-01'")
+    figures = text("applied", "COUNT(*)", "SUM(a.id)", f"SUM({sql_money('a.amount')})", f"SUM({day})", 'MAX(a."date")')
     sql = (f"SELECT i.customer_id, {figures} FROM application a JOIN invoice i ON i.id = a.invoice_id "
            f"WHERE i.customer_id IS NOT NULL{{filter}} GROUP BY i.customer_id")
     for cid, figures_text in _rows(sql, (), (), ids, "i.customer_id"):

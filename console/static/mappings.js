@@ -42,6 +42,16 @@
     var schedule = function () { clearTimeout(timer); timer = setTimeout(refresh, 300); };
     form.addEventListener("input", schedule);
     form.addEventListener("change", schedule);
+    // typed into before this script ran (a slow connection, a quick hand): preview that at once
+    var edited = Array.prototype.some.call(form.elements, function (el) {
+      if (el.type === "checkbox" || el.type === "radio") { return el.checked !== el.defaultChecked; }
+      if (el.tagName === "SELECT") {
+        return Array.prototype.some.call(el.options, function (o) { return o.selected !== o.defaultSelected; });
+      }
+      return "defaultValue" in el && el.type !== "hidden" && el.value !== el.defaultValue;
+    });
+    if (edited) { refresh(); }
+    form.setAttribute("data-live", "1");
   }
 
   var job = document.getElementById("job-status");

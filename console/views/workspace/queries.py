@@ -17,8 +17,9 @@ from decimal import Decimal
 
 from peewee import JOIN
 
-from middleware.bulk import placeholders, to_decimal
-from middleware.db import database, is_postgres
+from middleware.ar import money_from_sql, sql_days, sql_money
+from middleware.bulk import placeholders
+from middleware.db import database
 from middleware.dunning.base import OPEN_STATUSES as OPEN_ACTION_STATUSES
 from middleware.models import (
     ActionStatus, Activity, CampaignStep, Customer, DunningAction, Message, User,
@@ -58,26 +59,6 @@ def scope_for(collector: str, on: date) -> Scope:
 
 
 # ------------------------------------------------------------------------------- SQL helpers
-
-
-def _units(column: str) -> str:
-    """An exact money expression: integer ten-thousandths on SQLite (floats there), numeric on PostgreSQL."""
-    return column if is_postgres() else f"CAST(ROUND({column} * 10000) AS INTEGER)"
-
-
-def _money(value) -> Decimal:
-    if value is None:
-        return ZERO
-    if is_postgres():
-        return to_decimal(value)
-    return Decimal(int(value)).scaleb(-4)
-
-
-def _days_before(day_param: str, column: str) -> str:
-    """Whole days from ``column`` (a date) to the date parameter."""
-    if is_postgres():
-        return f"(CAST({day_param} AS date) - {column})"
-    return f"CAST(julianday({day_param}) - julianday({column}) AS INTEGER)"
 
 
 def _as_date(value) -> date | None:
@@ -146,8 +127,8 @@ def accounts(emails: list[str], on: date, *, limit: int = 50, offset: int = 0) -
         return []
     ph = placeholders(1)
     coll = placeholders(len(emails))
-    amount = _units('i."open_amount_reporting"')
-    days = _days_before(ph, 'i."due_date"')
+    amount = sql_money('i."open_amount_reporting"')
+    days = sql_days(ph, 'i."due_date"')
     sql = (
         f'SELECT c."id", c."name", c."number", c."billing_currency", c."collector", c."paused_until", '
         f'c."paused_reason", a."overdue", a."priority", a."oldest_due", a."fx_missing" '
@@ -170,8 +151,8 @@ def accounts(emails: list[str], on: date, *, limit: int = 50, offset: int = 0) -
         paused_until = _as_date(paused_until)
         rows.append(Account(
             id=cid, name=name, number=number, billing_currency=currency, collector=collector,
-            overdue_reporting=_money(overdue).quantize(Decimal("0.01")),
-            priority=_money(priority).quantize(Decimal("0.01")), oldest_due=oldest,
+            overdue_reporting=money_from_sql(overdue).quantize(Decimal("0.01")),
+            priority=money_from_sql(priority).quantize(Decimal("0.01")), oldest_due=oldest,
             oldest_days=(on - oldest).days if oldest else 0, fx_missing=int(fx_missing or 0),
             paused_until=paused_until if paused_until and paused_until >= on else None,
             paused_reason=paused_reason if paused_until and paused_until >= on else None))
@@ -188,17 +169,17 @@ def _fill_details(rows: list[Account], on: date) -> None:
     ids = list(by_id)
     ph = placeholders(1)
     idp = placeholders(len(ids))
-    billing, reporting = _units('i."open_amount"'), _units('i."open_amount_reporting"')
+    billing, reporting = sql_money('i."open_amount"'), sql_money('i."open_amount_reporting"')
     sql = (f'SELECT i."customer_id", i."currency", SUM({billing}), SUM({reporting}), '
            f'SUM(CASE WHEN i."due_date" < {ph} THEN {billing} ELSE 0 END) '
            f'FROM "invoice" i WHERE i."customer_id" IN ({idp}) AND i."deleted_at" IS NULL AND i."status" = {ph} '
            f'AND i."open_amount" > 0 GROUP BY i."customer_id", i."currency"')
     for cid, currency, open_amount, open_reporting, overdue in database.execute_sql(sql, [on, *ids, OPEN]).fetchall():
         row = by_id[cid]
-        row.open_billing[currency] = _money(open_amount)
-        row.open_reporting += _money(open_reporting)
-        if _money(overdue):
-            row.overdue_billing[currency] = _money(overdue)
+        row.open_billing[currency] = money_from_sql(open_amount)
+        row.open_reporting += money_from_sql(open_reporting)
+        if money_from_sql(overdue):
+            row.overdue_billing[currency] = money_from_sql(overdue)
     for row in rows:
         row.open_reporting = row.open_reporting.quantize(Decimal("0.01"))
     # last contact: the newest message in or out (Message.customer is indexed)
