@@ -38,7 +38,9 @@ def test_the_daily_job_plans_and_enqueues_once(db, redis_url):
     from jobs.dunning import send_due_actions
 
     opened = send_due_actions(now=email[0].send_after)
-    assert opened["enqueued"] == len(email)
+    # the plan job itself enqueues what is already due when it runs: after 09:00 UTC that is this
+    # email, before it is not; either way it is enqueued exactly once
+    assert first["emails"]["enqueued"] + opened["enqueued"] == len(email)
     assert get_queue("dunning", get_settings()).count == len(email)
     assert send_due_actions(now=email[0].send_after)["enqueued"] == 0, "already queued: not twice"
 
