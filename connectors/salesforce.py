@@ -37,7 +37,8 @@ from simple_salesforce.exceptions import (
 from simple_salesforce.format import format_soql
 from simple_salesforce.login import soap_login, token_login
 
-from .exceptions import ApiLimitExceeded, AuthError, ConnectorTimeout, RemoteError, SalesforceRequestError
+from .exceptions import (ApiLimitExceeded, AuthError, ConnectorError, ConnectorTimeout, RemoteError,
+                         SalesforceRequestError)
 
 log = logging.getLogger(__name__)
 
@@ -346,10 +347,10 @@ class SalesforceConnector:
             self._raw("PUT", f"{path}/batches", f"bulk upload {sobject}", data=_csv(columns, rows).encode("utf-8"),
                       headers={"Content-Type": "text/csv"})
             self._raw("PATCH", path, f"bulk close {sobject}", json={"state": "UploadComplete"})
-        except Exception:
+        except Exception:  # clean up, then re-raise: the caller sees the original error
             try:
                 self._raw("PATCH", path, f"bulk abort {sobject}", json={"state": "Aborted"})
-            except Exception:  # the original error is what the caller must see
+            except (ConnectorError, requests.RequestException):  # the original error is what the caller must see
                 log.warning("could not abort Bulk API job %s", job_id)
             raise
         started = BulkJob(job_id, sobject, len(rows), time.monotonic())

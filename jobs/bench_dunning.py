@@ -227,7 +227,7 @@ def _emails(limit: int, workers: int, log: Callable[[str], None], worker_class: 
         for proc in procs:
             try:
                 proc.wait(timeout=30)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 proc.kill()
         smtp.stop()
         close_embedded(settings)

@@ -43,29 +43,26 @@ def pause(customer_id: int, until: date, reason: str | None, actor: str, *, toda
     if today is not None and until < today:
         raise ActivityError(f"the pause would end in the past ({until.isoformat()})")
     reason = _text(reason)
+    return _set_pause(customer, "pause", until, reason, reason, actor)
+
+
+def resume(customer_id: int, actor: str, note: str | None = None) -> Activity:
+    """End a pause now: dunning picks the customer up at the next plan."""
+    return _set_pause(_customer(customer_id), "resume", None, None, _text(note), actor)
+
+
+def _set_pause(customer: Customer, kind: str, until: date | None, reason: str | None, body: str | None,
+               actor: str) -> Activity:
+    """Set (or clear, ``until=None``) the customer's pause, with its Activity and audit row, in one transaction."""
     now = utcnow()
     with database.atomic():
         before = {"paused_until": customer.paused_until, "paused_reason": customer.paused_reason}
         Customer.update(paused_until=until, paused_reason=reason, updated_at=now).where(
             Customer.id == customer.id).execute()
-        act = Activity.create(customer=customer.id, kind="pause", until=until, body=reason, actor=actor, created_at=now)
-        AuditLog.create(at=now, actor=actor, action="customer.pause", object_type="customer",
+        act = Activity.create(customer=customer.id, kind=kind, until=until, body=body, actor=actor, created_at=now)
+        AuditLog.create(at=now, actor=actor, action=f"customer.{kind}", object_type="customer",
                         object_id=str(customer.id), before=before,
                         after={"paused_until": until, "paused_reason": reason})
-    return act
-
-
-def resume(customer_id: int, actor: str, note: str | None = None) -> Activity:
-    """End a pause now: dunning picks the customer up at the next plan."""
-    customer = _customer(customer_id)
-    now = utcnow()
-    with database.atomic():
-        before = {"paused_until": customer.paused_until, "paused_reason": customer.paused_reason}
-        Customer.update(paused_until=None, paused_reason=None, updated_at=now).where(
-            Customer.id == customer.id).execute()
-        act = Activity.create(customer=customer.id, kind="resume", body=_text(note), actor=actor, created_at=now)
-        AuditLog.create(at=now, actor=actor, action="customer.resume", object_type="customer",
-                        object_id=str(customer.id), before=before, after={"paused_until": None})
     return act
 
 

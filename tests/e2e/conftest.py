@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import service_missing
+from tests.support.console import PASSWORD
 from tests.support.wsgi import Servers
 
 CHROMIUM = os.environ.get("ARHUB_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
-PASSWORD = "correct horse battery"
 # Chromium as root in a closed network: no sandbox (root), no GPU, nothing phoning home.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",

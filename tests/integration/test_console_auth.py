@@ -1,14 +1,13 @@
 """The console lets nobody in without a login, limits password guessing, and checks CSRF on posts."""
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from console import create_app
 from middleware.people import create_user, set_password
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -16,10 +15,6 @@ def app(db, redis_url):
     create_user("ada@example.com", "Ada Admin", "admin", PASSWORD, actor="test")
     create_user("vic@example.com", "Vic Viewer", "viewer", PASSWORD, actor="test")
     return create_app()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _login(client, email, password=PASSWORD):

@@ -13,8 +13,9 @@ import pytest
 
 from console import create_app
 from middleware.people import create_user
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 DUE = date(2026, 4, 1)  # a Wednesday
 DAY_AFTER = date(2026, 4, 2)  # Thursday: "due + 1"
 
@@ -83,10 +84,6 @@ def app(db, redis_url):
 @pytest.fixture
 def book(app):
     return build_book()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _client(app, email="ada@example.com"):

@@ -16,12 +16,9 @@ from middleware.models import (
     Activity, AuditLog, Campaign, Company, Customer, CustomerTag, DunningAction, FxRate, Invoice, Message, Source, Tag,
 )
 from middleware.people import create_user, today
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _login(client, email):

@@ -14,13 +14,10 @@ from jobs.queues import get_queue, get_redis
 from middleware.models import Customer, Invoice, Payment, RejectedRecord, Source, SyncRun
 from middleware.people import create_user
 from middleware.settings import reset_settings
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 D = Decimal
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _login(client, email):

@@ -16,8 +16,9 @@ from jobs.sync import load_preset
 from middleware.models import AuditLog, FieldMapping, Source
 from middleware.people import create_user
 from middleware.sources import configure_salesforce, configure_source
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
@@ -32,10 +33,6 @@ def app(db, redis_url):
 def xero_source(db, sandbox):
     return configure_source("xero", load_preset("xero"), endpoint=sandbox.xero_url + "/api.xro/2.0",
                             credentials=dict(xero.SANDBOX_CREDENTIALS, token_url=sandbox.xero_url + "/connect/token"))
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def login(app, email):

@@ -12,8 +12,9 @@ from console import create_app
 from middleware.matching import domain_of, normalize_name, run_matching
 from middleware.models import AuditLog, Customer, MatchCandidate, SfAccount, Source
 from middleware.people import create_user
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 _ids = itertools.count(1)
 
 
@@ -44,10 +45,6 @@ def account(sf, name, *, country=None, website=None, erp_key=None) -> SfAccount:
 def state(c: Customer):
     c = Customer.get_by_id(c.id)
     return c.match_state, c.sf_account_id
-
-
-def _csrf(text: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', text).group(1)
 
 
 def login(app, email):

@@ -13,12 +13,9 @@ from console import create_app
 from jobs.queues import get_queue, get_redis
 from middleware.models import AuditLog, RejectedRecord, Source, SyncRun
 from middleware.people import create_user
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _login(client, email):

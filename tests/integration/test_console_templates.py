@@ -9,7 +9,9 @@ import pytest
 
 from console import create_app
 from middleware.people import create_user
-from tests.integration.test_console_campaigns import PASSWORD, build_book
+from tests.integration.test_console_campaigns import build_book
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
 
 @pytest.fixture
@@ -23,10 +25,6 @@ def app(db, redis_url):
 @pytest.fixture
 def book(app):
     return build_book()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _client(app, email="ada@example.com"):

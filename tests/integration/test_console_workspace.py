@@ -18,13 +18,10 @@ from middleware.models import (
 from middleware.mailer import send_action
 from middleware.people import create_user, set_away, today
 from tests.integration.test_mailer import smtp_server, use_smtp  # noqa: F401  (fixtures: aiosmtpd on loopback)
+from tests.support.console import PASSWORD
+from tests.support.console import csrf as _csrf
 
-PASSWORD = "correct horse battery"
 UTC = timezone.utc
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
 
 
 def _client(app, email):
