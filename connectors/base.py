@@ -15,6 +15,18 @@ class Page:
     server_time: datetime | None = None
 
 
+def forget_connections(session) -> None:
+    """In a forked child: let ``session`` open connections of its own.
+
+    A child forked from a process with pooled keep-alive connections holds copies of the
+    same sockets; two processes talking over one connection corrupt it (and TLS state can't
+    be shared at all). Closing the pools in the child only closes the child's descriptors
+    (no TLS close_notify is sent), so the parent's connections stay usable.
+    """
+    for adapter in getattr(session, "adapters", {}).values():
+        adapter.close()
+
+
 class SampleMixin:
     """``sample()`` for a connector with ``pull(object_name, since)``."""
 

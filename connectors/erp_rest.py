@@ -46,7 +46,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from connectors.base import Page, SampleMixin
+from connectors.base import Page, SampleMixin, forget_connections
 from connectors.exceptions import (AuthError, ConnectorError, ConnectorTimeout, MalformedResponse, RateLimited,
                                    RemoteError)
 
@@ -193,6 +193,10 @@ class RestConnector(SampleMixin):
         self._token = None
         if self._owns_session:
             self.session.close()
+
+    def after_fork(self) -> None:
+        """In a process forked from the one that used this connector: new connections (and tokens) of its own."""
+        forget_connections(self.session)
 
     # ------------------------------------------------------------------ paging
     def _request_spec(self, object_name: str, section: str) -> dict:

@@ -31,7 +31,7 @@ from lxml import etree
 from zeep.transports import Transport
 from zeep.wsse.username import UsernameToken
 
-from connectors.base import Page, SampleMixin
+from connectors.base import Page, SampleMixin, forget_connections
 from connectors.exceptions import (AuthError, ConnectorError, ConnectorTimeout, MalformedResponse, RateLimited,
                                    RemoteError, UnsafeXml)
 
@@ -279,6 +279,10 @@ class SoapConnector(SampleMixin):
     def close(self) -> None:
         if self._owns_session:
             self._transport.session.close()
+
+    def after_fork(self) -> None:
+        """In a process forked from the one that used this connector: new connections of its own."""
+        forget_connections(self._transport.session)
 
     # ------------------------------------------------------------------ setup
     @staticmethod

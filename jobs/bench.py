@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -93,6 +94,11 @@ def _floor_fetch_rest(sandbox, creds) -> tuple[float, float, int]:
             break
         page += 1
     return fetch, parse, records
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _floor_write(source_id: int) -> float:
@@ -230,6 +236,7 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             def service():
                 return SyncService(src, connector, reporting_currency=ctx.settings.reporting_currency,
                                    chunk_size=ctx.settings.sync_chunk_size, commit_rows=ctx.settings.sync_commit_rows,
+                                   prepare=ctx.settings.sync_prepare,
                                    overlap_seconds=ctx.settings.cursor_overlap_seconds)
 
             before = [o for o in ("currency", "fx_rate", "customer") if o in src.config["objects"]]
@@ -237,9 +244,13 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             (_floor_fetch_soap if path == "soap" else _floor_fetch_rest)(sandbox, creds)  # warm both the same way
             t_start = time.perf_counter()
             service().run(objects=before)
-            t_inv = time.perf_counter()
+            t_inv, cpu_inv, children_inv = time.perf_counter(), time.process_time(), _children_cpu()
             inv_run = service().run(objects=["invoice"])
             invoice_seconds = time.perf_counter() - t_inv
+            # where the invoice phase's CPU went: this process (writes and bookkeeping) and its
+            # reaped children (the prepare process: fetch, parse, map, validate, hash)
+            invoice_cpu = time.process_time() - cpu_inv
+            invoice_prepare_cpu = _children_cpu() - children_inv
             service().run(objects=after)
             seconds = time.perf_counter() - t_start
             say(f"full sync {seconds:.1f}s (invoices {invoice_seconds:.1f}s: {inv_run.message})")
@@ -264,6 +275,7 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             "floor_fetch_seconds": round(fetch, 2), "floor_parse_seconds": round(parse, 2),
             "floor_write_seconds": round(write, 2), "floor_records": floor_records,
             "floor_ratio": round(invoice_seconds / floor, 2),
+            "invoice_cpu_seconds": round(invoice_cpu, 2), "invoice_prepare_cpu_seconds": round(invoice_prepare_cpu, 2),
             "incremental_changed": (inc.objects.get("invoice") or {}).get("updated", 0),
             "incremental_requested": len(changed_ids), "incremental_seconds": round(incremental_seconds, 2),
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",

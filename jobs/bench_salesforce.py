@@ -162,7 +162,7 @@ def salesforce(*, accounts: int, invoices: int | None = None, changed: int = 110
                 def erp_sync():
                     return SyncService(erp, erp_connector, reporting_currency=ctx.settings.reporting_currency,
                                        chunk_size=ctx.settings.sync_chunk_size,
-                                       commit_rows=ctx.settings.sync_commit_rows,
+                                       commit_rows=ctx.settings.sync_commit_rows, prepare=ctx.settings.sync_prepare,
                                        overlap_seconds=ctx.settings.cursor_overlap_seconds).run()
 
                 t0 = time.perf_counter()

@@ -50,7 +50,8 @@ def make_connector(source: Source, **kwargs):
 
 
 def run_sync(source_name: str, *, full: bool = False, objects: list[str] | None = None,
-             progress: Callable[[str, ObjectStats], None] | None = None, connector=None) -> SyncRun:
+             progress: Callable[[str, ObjectStats], None] | None = None, connector=None,
+             prepare: str | None = None) -> SyncRun:
     from jobs.bootstrap import bootstrap
 
     ctx = bootstrap()
@@ -62,6 +63,7 @@ def run_sync(source_name: str, *, full: bool = False, objects: list[str] | None 
     try:
         service = SyncService(source, connector, reporting_currency=ctx.settings.reporting_currency,
                               chunk_size=ctx.settings.sync_chunk_size, commit_rows=ctx.settings.sync_commit_rows,
+                              prepare=prepare or ctx.settings.sync_prepare,
                               overlap_seconds=ctx.settings.cursor_overlap_seconds, progress=progress)
         return service.run(full=full, objects=objects)
     finally:

@@ -85,6 +85,7 @@ class Settings:
     salesforce_interval_minutes: int = 30
     sync_chunk_size: int = 2000
     sync_commit_rows: int = 20000
+    sync_prepare: str = "process"
     cursor_overlap_seconds: int = 300
     log_level: str = "INFO"
     require_services: bool = False
@@ -326,6 +327,7 @@ def load_settings(
         salesforce_interval_minutes=get("ARHUB_SALESFORCE_INTERVAL_MINUTES", _positive_int, 30),
         sync_chunk_size=get("ARHUB_SYNC_CHUNK_SIZE", _positive_int, 2000),
         sync_commit_rows=get("ARHUB_SYNC_COMMIT_ROWS", _positive_int, 20000),
+        sync_prepare=get("ARHUB_SYNC_PREPARE", _choice("process", "thread"), "process"),
         cursor_overlap_seconds=get("ARHUB_CURSOR_OVERLAP_SECONDS", _non_negative_int, 300),
         log_level=get("ARHUB_LOG_LEVEL", _log_level, "INFO"),
         require_services=get("ARHUB_REQUIRE_SERVICES", _bool, False),
@@ -380,6 +382,7 @@ def env_for(settings: Settings) -> dict[str, str]:
         "ARHUB_SALESFORCE_INTERVAL_MINUTES": settings.salesforce_interval_minutes,
         "ARHUB_SYNC_CHUNK_SIZE": settings.sync_chunk_size,
         "ARHUB_SYNC_COMMIT_ROWS": settings.sync_commit_rows,
+        "ARHUB_SYNC_PREPARE": settings.sync_prepare,
         "ARHUB_CURSOR_OVERLAP_SECONDS": settings.cursor_overlap_seconds,
         "ARHUB_LOG_LEVEL": settings.log_level,
         "ARHUB_REQUIRE_SERVICES": "1" if settings.require_services else "0",

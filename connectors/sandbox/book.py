@@ -279,13 +279,17 @@ class Book:
         self._seq[kind] += 1
         return self._seq[kind]
 
-    def modify_invoices(self, count: int, now: datetime | None = None, seed: int | None = None) -> list[int]:
-        """Change ``count`` invoices (memo and PO number; every fifth gets a partial payment)."""
+    def modify_invoices(self, count: int, now: datetime | None = None, seed: int | None = None,
+                        ids: list[int] | None = None) -> list[int]:
+        """Change ``count`` invoices, or those of ``ids`` (memo and PO number; every fifth gets a partial payment)."""
         now = now or datetime.now(UTC)
         rng = random.Random(self.seed * 7919 + (seed or 0))
         with self.lock:
-            candidates = sorted(i for i, inv in self.invoices.items() if inv.status != "voided")
-            chosen = sorted(rng.sample(candidates, min(count, len(candidates))))
+            if ids is not None:
+                chosen = sorted(i for i in ids if i in self.invoices)
+            else:
+                candidates = sorted(i for i, inv in self.invoices.items() if inv.status != "voided")
+                chosen = sorted(rng.sample(candidates, min(count, len(candidates))))
             for n, inv_id in enumerate(chosen):
                 inv = self.invoices[inv_id]
                 inv.memo = f"Updated {now:%Y-%m-%d %H:%M:%S} #{n}"

@@ -9,7 +9,7 @@ Mounted paths:
 
 * ``POST /_sandbox/faults`` a JSON list of :class:`Fault` dicts to queue; ``DELETE`` clears
   them; ``GET`` lists the queue and the count of API requests served.
-* ``POST /_sandbox/mutate`` one of ``{"action": "modify_invoices", "count": 11000}``,
+* ``POST /_sandbox/mutate`` one of ``{"action": "modify_invoices", "count": 11000}`` (or ``"ids": [...]``),
   ``{"action": "add_payment", "invoice_id": N, "amount": "12.50", "date": "2025-01-31", "extra": "0"}``,
   ``{"action": "void_invoice", "id": N}``, ``{"action": "delete", "kind": "invoice", "id": N}``,
   ``{"action": "rename_customer", "id": N, "name": "..."}`` → a JSON result.
@@ -116,7 +116,8 @@ class ControlApp:
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
         if action == "modify_invoices":
-            ids = book.modify_invoices(int(data["count"]), now=now, seed=data.get("seed"))
+            ids = book.modify_invoices(int(data.get("count") or 0), now=now, seed=data.get("seed"),
+                                       ids=[int(i) for i in data["ids"]] if data.get("ids") is not None else None)
             return {"action": action, "count": len(ids), "ids": ids}
         if action == "add_payment":
             day = date.fromisoformat(data["date"]) if data.get("date") else now.date()

@@ -61,7 +61,8 @@ def test_demo_serves_the_console_with_the_printed_login_and_every_page_answers(t
         assert len(re.findall(r'href="/customers/\d+"', listing)) >= 20  # the synced customers, linked
         # SIGTERM to the demo alone: it stops its worker, sandboxes and embedded Redis on the way out
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        code = proc.wait(timeout=60)
+        assert code == 0, "".join(lines)[-2000:] + proc.stdout.read()[-3000:]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and _group_alive(proc.pid):
             time.sleep(0.2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 
 import pytest
+import requests
 
 from connectors.sandbox.book import Book
 from connectors.sandbox.faults import Fault
@@ -58,12 +59,13 @@ def test_keyset_paging_keeps_records_that_move_while_paging(db, sandbox):
     first_page = book.changed_since("invoice")[:50]
     moved = first_page[:10]
 
+    before = {inv_id: book.invoices[inv_id].po_number for inv_id in moved}
+
     def mutate():
-        now = datetime.now(timezone.utc)
-        for inv_id in moved:
-            book.invoices[inv_id].po_number = f"PO-MOVED-{inv_id}"
-            book.invoices[inv_id].modified = now
-        book._touch("invoice")
+        # through the ERP's own control endpoint: the pages are read in the sync's prepare
+        # process, where the test's copy of the book is not the one the server answers from
+        requests.post(sandbox.url + "/_sandbox/mutate", json={"action": "modify_invoices", "ids": moved},
+                      timeout=30).raise_for_status()
 
     connector = make_connector(src, sleep=lambda s: None)
     run = SyncService(src, MutateAfterFirstPage(connector, mutate)).run(objects=["customer", "invoice"])
@@ -72,7 +74,9 @@ def test_keyset_paging_keeps_records_that_move_while_paging(db, sandbox):
     live = {inv.number for inv in book.invoices.values()}
     assert live <= numbers  # nothing shifted out of view
     for inv_id in moved:
-        assert Invoice.get(Invoice.number == book.invoices[inv_id].number).po_number == f"PO-MOVED-{inv_id}"
+        po_number = book.invoices[inv_id].po_number
+        assert po_number != before[inv_id]  # the ERP changed it mid-pull...
+        assert Invoice.get(Invoice.number == book.invoices[inv_id].number).po_number == po_number  # ...and we have it
 
 
 def test_a_record_vanishing_between_pages_is_reported_and_holds_the_cursor(db, sandbox):

@@ -30,6 +30,8 @@ def source(db, sandbox):
 
 def sync(source, sleeps: list | None = None, **kwargs):
     connector = make_connector(Source.get_by_id(source.id), sleep=(sleeps.append if sleeps is not None else lambda s: None))
+    if sleeps is not None:  # the connector's waits are seen here only if it pages in this process
+        kwargs.setdefault("prepare", "thread")
     try:
         return run_sync(source.name, connector=connector, **kwargs)
     finally:
