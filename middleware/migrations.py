@@ -108,6 +108,39 @@ def _m0008_customer_billing_address(db) -> None:
     db.execute_sql('ALTER TABLE "customer" ADD COLUMN "billing_address" TEXT')
 
 
+def _m0009_customer_list_indexes(db) -> None:
+    # frozen SQL; the customer list by name reads (and counts) live customers from the first index
+    # alone, and the amount sorts leave out deleted customers through the second (a few rows)
+    db.execute_sql('CREATE INDEX "customer_live_name" ON "customer" ("name", "id", "deleted_at") '
+                   'WHERE "deleted_at" IS NULL')
+    db.execute_sql('CREATE INDEX "customer_deleted" ON "customer" ("id") WHERE "deleted_at" IS NOT NULL')
+
+
+def _m0010_customer_search(db) -> None:
+    # frozen SQL (models.CUSTOMER_SEARCH_DDL is the models' copy; the schema test compares them):
+    # the customer search by name and email without reading every customer
+    if dialect(db) == "postgres":
+        db.execute_sql("CREATE EXTENSION IF NOT EXISTS pg_trgm")  # trusted since PostgreSQL 13
+        db.execute_sql('CREATE INDEX "customer_name_trgm" ON "customer" USING gin (LOWER("name") gin_trgm_ops)')
+        db.execute_sql('CREATE INDEX "customer_email_trgm" ON "customer" USING gin (LOWER("email") gin_trgm_ops)')
+        return
+    db.execute_sql('CREATE VIRTUAL TABLE "customer_search" USING fts5("name", "email", content=\'customer\', '
+                   'content_rowid=\'id\', tokenize=\'trigram\')')
+    db.execute_sql('CREATE TRIGGER "customer_search_insert" AFTER INSERT ON "customer" BEGIN '
+                   'INSERT INTO "customer_search" ("rowid", "name", "email") VALUES (new."id", new."name", '
+                   'new."email"); END')
+    db.execute_sql('CREATE TRIGGER "customer_search_delete" AFTER DELETE ON "customer" BEGIN '
+                   'INSERT INTO "customer_search" ("customer_search", "rowid", "name", "email") '
+                   'VALUES (\'delete\', old."id", old."name", old."email"); END')
+    db.execute_sql('CREATE TRIGGER "customer_search_update" AFTER UPDATE OF "name", "email" ON "customer" '
+                   'WHEN old."name" IS NOT new."name" OR old."email" IS NOT new."email" BEGIN '
+                   'INSERT INTO "customer_search" ("customer_search", "rowid", "name", "email") '
+                   'VALUES (\'delete\', old."id", old."name", old."email"); '
+                   'INSERT INTO "customer_search" ("rowid", "name", "email") VALUES (new."id", new."name", '
+                   'new."email"); END')
+    db.execute_sql('INSERT INTO "customer_search" ("customer_search") VALUES (\'rebuild\')')  # the existing rows
+
+
 #: (version, description, function(db)) in order. Append; never edit a released entry.
 MIGRATIONS: list[tuple[int, str, Callable]] = [
     (1, "baseline: sources, mappings, customers, contacts, documents, applications, FX, sync runs", _replay(1)),
@@ -125,6 +158,10 @@ MIGRATIONS: list[tuple[int, str, Callable]] = [
      _m0007_wording_and_indexes),
     (8, "customer.billing_address: the ERP's default billing address as JSON (lines, city, region, postal code, "
         "country)", _m0008_customer_billing_address),
+    (9, "customer_live_name: live customers by name, index only (the customer list's pages and counts); "
+        "customer_deleted: the deleted ones (left out of the amount sorts)", _m0009_customer_list_indexes),
+    (10, "customer search by name and email domain: SQLite FTS5 trigram table customer_search kept by triggers, "
+         "PostgreSQL pg_trgm GIN indexes on LOWER(name) and LOWER(email)", _m0010_customer_search),
 ]
 
 
@@ -176,8 +213,28 @@ def write_snapshot(version: int, db, model_list=None) -> Path:
     return path
 
 
+def _triggers(db, table: str) -> list[tuple]:
+    """(name, SQL) of ``table``'s triggers (SQLite: as sqlite_master keeps them; PostgreSQL: name and
+    definition, not the internal ones of foreign keys)."""
+    if is_postgres(db):
+        sql = ("SELECT tgname, pg_get_triggerdef(oid) FROM pg_trigger WHERE tgrelid = %s::regclass "
+               "AND NOT tgisinternal ORDER BY tgname")
+        return [tuple(r) for r in db.execute_sql(sql, (f'"{table}"',)).fetchall()]
+    sql = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? ORDER BY name"
+    return [tuple(r) for r in db.execute_sql(sql, (table,)).fetchall()]
+
+
+def _virtual_sql(db, table: str) -> str | None:
+    """The CREATE statement of a SQLite virtual table (its module and options), else None."""
+    if is_postgres(db):
+        return None
+    row = db.execute_sql("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+    return row[0] if row and row[0] and row[0].upper().startswith("CREATE VIRTUAL TABLE") else None
+
+
 def describe_schema(db=None) -> dict:
-    """Tables → columns (name, type, null, pk), indexes (name, columns, unique) and foreign keys."""
+    """Tables → columns (name, type, null, pk), indexes (name, columns, unique), foreign keys,
+    triggers (name, SQL) and, for a SQLite virtual table, its CREATE statement."""
     db = db or database.obj
     schema = {}
     for table in sorted(db.get_tables()):
@@ -187,6 +244,8 @@ def describe_schema(db=None) -> dict:
             "columns": sorted((c.name, c.data_type.lower(), c.null, c.primary_key) for c in db.get_columns(table)),
             "indexes": sorted((i.name, tuple(i.columns), i.unique) for i in db.get_indexes(table)),
             "foreign_keys": sorted((f.column, f.dest_table, f.dest_column) for f in db.get_foreign_keys(table)),
+            "triggers": _triggers(db, table),
+            "virtual": _virtual_sql(db, table),
         }
     return schema
 

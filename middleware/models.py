@@ -26,7 +26,7 @@ from peewee import (
     TextField,
 )
 
-from .db import database
+from .db import database, is_postgres
 
 UTC = timezone.utc
 
@@ -185,6 +185,67 @@ class Customer(BaseModel):
     class Meta:
         indexes = ((("source", "external_id"), True),
                    (("match_state", "id"), False))  # matching review: one state's customers in id order (migration 7)
+
+    @classmethod
+    def create_table(cls, safe=True, **options):
+        """The table, its indexes, then the name/email search objects of the dialect (:data:`CUSTOMER_SEARCH_DDL`)."""
+        super().create_table(safe, **options)
+        for statement in customer_search_ddl(safe=safe):
+            cls._meta.database.execute_sql(statement)
+
+    @classmethod
+    def drop_table(cls, safe=True, drop_sequences=True, **options):
+        if not is_postgres():  # the FTS5 table would outlive its content table
+            cls._meta.database.execute_sql(f'DROP TABLE {"IF EXISTS " if safe else ""}"customer_search"')
+        super().drop_table(safe, drop_sequences, **options)
+
+
+# The customer list (console/views/customers/queries.py, migration 9): live customers by name, index
+# only (the trailing deleted_at, always NULL here, makes it covering for SQLite's COUNT(*) too), and
+# the few deleted ones (what an amount sort leaves out of customer_balance without reading customers).
+Customer.add_index(Customer.index(Customer.name, Customer.id, Customer.deleted_at, name="customer_live_name",
+                                  where=SQL('"deleted_at" IS NULL')))
+Customer.add_index(Customer.index(Customer.id, name="customer_deleted", where=SQL('"deleted_at" IS NOT NULL')))
+
+#: The customer search's index (migration 10), per dialect: what ``q=`` finds by name (contains) and by
+#: the email's domain (ends with) without reading every customer. SQLite: an FTS5 table with the
+#: trigram tokenizer over customer's name and email (external content: it stores only the index),
+#: kept in step by triggers, so every writer of customers keeps it current. PostgreSQL: pg_trgm GIN
+#: indexes on LOWER(name) and LOWER(email), which serve ``LIKE '%...%'`` directly.
+CUSTOMER_SEARCH_DDL = {
+    "sqlite": [
+        'CREATE VIRTUAL TABLE "customer_search" USING fts5("name", "email", content=\'customer\', '
+        'content_rowid=\'id\', tokenize=\'trigram\')',
+        'CREATE TRIGGER "customer_search_insert" AFTER INSERT ON "customer" BEGIN '
+        'INSERT INTO "customer_search" ("rowid", "name", "email") VALUES (new."id", new."name", new."email"); END',
+        'CREATE TRIGGER "customer_search_delete" AFTER DELETE ON "customer" BEGIN '
+        'INSERT INTO "customer_search" ("customer_search", "rowid", "name", "email") '
+        'VALUES (\'delete\', old."id", old."name", old."email"); END',
+        'CREATE TRIGGER "customer_search_update" AFTER UPDATE OF "name", "email" ON "customer" '
+        'WHEN old."name" IS NOT new."name" OR old."email" IS NOT new."email" BEGIN '
+        'INSERT INTO "customer_search" ("customer_search", "rowid", "name", "email") '
+        'VALUES (\'delete\', old."id", old."name", old."email"); '
+        'INSERT INTO "customer_search" ("rowid", "name", "email") VALUES (new."id", new."name", new."email"); END',
+    ],
+    "postgres": [
+        "CREATE EXTENSION IF NOT EXISTS pg_trgm",
+        'CREATE INDEX "customer_name_trgm" ON "customer" USING gin (LOWER("name") gin_trgm_ops)',
+        'CREATE INDEX "customer_email_trgm" ON "customer" USING gin (LOWER("email") gin_trgm_ops)',
+    ],
+}
+#: Tables the SQLite search adds besides the models' (the FTS5 table and its shadow tables).
+CUSTOMER_SEARCH_TABLES = {"sqlite": {"customer_search", "customer_search_config", "customer_search_data",
+                                     "customer_search_docsize", "customer_search_idx"}, "postgres": set()}
+
+
+def customer_search_ddl(db=None, safe: bool = False) -> list[str]:
+    """:data:`CUSTOMER_SEARCH_DDL` of ``db``'s dialect (default: the bound database); ``safe``: IF NOT EXISTS."""
+    statements = CUSTOMER_SEARCH_DDL["postgres" if is_postgres(db) else "sqlite"]
+    if safe:
+        statements = [s.replace("CREATE VIRTUAL TABLE ", "CREATE VIRTUAL TABLE IF NOT EXISTS ", 1)
+                      .replace("CREATE TRIGGER ", "CREATE TRIGGER IF NOT EXISTS ", 1)
+                      .replace("CREATE INDEX ", "CREATE INDEX IF NOT EXISTS ", 1) for s in statements]
+    return statements
 
 
 class Contact(BaseModel):

@@ -15,7 +15,7 @@ def test_db_is_migrated_to_head_and_empty(db):
     """Each test starts on a database at the head migration with every table empty."""
     assert current_version(db) == head()
     for table in db.get_tables():
-        if table != VERSION_TABLE:
+        if table != VERSION_TABLE and not table.startswith("customer_search_"):  # FTS5 shadow tables: its config
             assert db.execute_sql(f'SELECT COUNT(*) FROM "{table}"').fetchone()[0] == 0, table
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+from html import unescape
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -360,3 +361,154 @@ def test_the_dashboards_overdue_link_lists_the_overdue_customers_most_first(clie
         ["Initech Inc.", "Globex GmbH", "Umbrella Corp"]
     assert _names(client.get("/customers/?status=overdue&collector=cora@example.com").get_data(as_text=True)) == \
         ["Globex GmbH", "Initech Inc."]
+
+
+# -- at scale the list reads indexes: what it shows must not change ----------------------------------------
+
+SEARCH_NAMES = ["Zoë's Café", "Müller & Söhne KG", 'O\'Brien "Quotes" Ltd', "100% Pure_Ltd", "1000 PureXLtd",
+                "Ærøskøbing Ferries", "東京商事 株式会社", "Straße Bau", "globex.de Holdings"]
+SEARCHES = ["zoë's", "ZOË'S CAFÉ", "'s ca", "müller", "MÜLLER", "söhne", '"quotes"', "o'brien", "100%", "e_l",
+            "_ltd", "ærø", "ÆRØ", "東京商", "straße", "globex.de", "@globex.de", "ap@globex.de", "CUST-003", "C2",
+            "zo", "%", "nothing like this"]
+
+
+def test_a_search_through_the_index_finds_what_the_plain_search_finds(client, book, monkeypatch):
+    """Names with apostrophes, quotes, LIKE wildcards and non-ASCII letters, email domains, ERP numbers and
+    ids: the search through its index (SQLite FTS5 trigram, PostgreSQL pg_trgm) lists exactly the customers
+    the search read from every row lists (the text shorter than a trigram always reads every row)."""
+    from console.views.customers import queries
+
+    for name in SEARCH_NAMES:
+        book.customer(name)
+    gone = book.customer("Zoë's Café (closed)")
+    Customer.update(deleted_at=datetime.now(timezone.utc)).where(Customer.id == gone.id).execute()
+    def search(q):
+        return [unescape(n) for n in _names(client.get("/customers/", query_string={"q": q}).get_data(as_text=True))]
+
+    indexed = {q: search(q) for q in SEARCHES}
+    monkeypatch.setattr(queries, "SEARCH_MIN_CHARS", 10_000)  # every search reads every customer
+    plain = {q: search(q) for q in SEARCHES}
+    assert indexed == plain
+    assert indexed["zoë's"] == ["Zoë's Café"] and indexed["'s ca"] == ["Zoë's Café"]
+    assert indexed["MÜLLER"] == ["Müller & Söhne KG"] and indexed["söhne"] == ["Müller & Söhne KG"]
+    assert indexed['"quotes"'] == ['O\'Brien "Quotes" Ltd'] and indexed["100%"] == ["100% Pure_Ltd"]
+    assert indexed["e_l"] == ["100% Pure_Ltd"] and indexed["東京商"] == ["東京商事 株式会社"]
+    assert indexed["@globex.de"] == ["Globex GmbH"] and indexed["globex.de"] == ["Globex GmbH", "globex.de Holdings"]
+    assert indexed["CUST-003"] == ["Umbrella Corp"] and indexed["C2"] == ["Initech Inc."]  # ERP number, ERP id
+    assert indexed["nothing like this"] == [] and "Zoë's Café (closed)" not in indexed["zoë's"]
+
+
+def test_the_search_index_follows_a_sync_that_renames_and_deletes_customers(db, sandbox):
+    """After a sync renames a customer in the ERP, searching the new name finds it and the old name no longer
+    does; a customer deleted in the ERP is no longer found; a customer row deleted from the store leaves the
+    index too (SQLite's FTS5 table is kept by triggers, PostgreSQL's indexes by the database)."""
+    from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
+    from console.views.customers.queries import Filters, list_page
+    from jobs.sync import load_preset, make_connector, run_sync
+    from middleware.sources import configure_source
+
+    src = configure_source("netsuite", load_preset("netsuite-2023_2"),
+                           endpoint=sandbox.netsuite_url + "/services/NetSuitePort_2023_2",
+                           credentials=SANDBOX_CREDENTIALS)
+
+    def sync():
+        connector = make_connector(Source.get_by_id(src.id), sleep=lambda s: None)
+        try:
+            return run_sync(src.name, connector=connector)
+        finally:
+            connector.close()
+
+    def found(q):
+        return [r.name for r in list_page(Filters.from_args({"q": q, "per_page": "200"}), today()).rows]
+
+    sync()
+    renamed, deleted = sorted(sandbox.book.customers)[:2]
+    old_name = sandbox.book.customers[renamed].name
+    assert old_name in found(old_name)
+    sandbox.book.rename_customer(renamed, "Quixotic Zebra Trading")
+    sandbox.book.delete("customer", deleted)
+    gone = Customer.get(Customer.external_id == str(deleted)).name
+    assert gone in found(gone)
+    sync()
+    assert Customer.get(Customer.external_id == str(renamed)).name == "Quixotic Zebra Trading"
+    assert found("zebra trad") == ["Quixotic Zebra Trading"] and found("QUIXOTIC") == ["Quixotic Zebra Trading"]
+    assert old_name not in found(old_name)
+    assert gone not in found(gone)
+    Customer.delete().where(Customer.external_id == str(renamed)).execute()
+    assert found("zebra trad") == []
+    if db.__class__.__name__.startswith("Sqlite"):  # the FTS5 table agrees with its content table
+        db.execute_sql("INSERT INTO \"customer_search\" (\"customer_search\") VALUES ('integrity-check')")
+
+
+def _amount_book(book, n_open=23, n_zero=40):
+    """``n_open`` customers with open invoices (distinct amounts, all in the 1-30 bucket), ``n_zero`` with
+    nothing open, and one of each deleted (never listed nor counted)."""
+    for n in range(n_open):
+        c = book.customer(f"Open {n:02d}")
+        book.invoice(c, f"{100 + 37 * ((n * 7) % n_open)}.00", days_past_due=5 + n)
+        book.invoice(c, f"{10 + n}.00", days_past_due=-5)  # current
+    for n in range(n_zero):
+        book.customer(f"Zero {n:02d}")
+    gone_open, gone_zero = book.customer("Gone open"), book.customer("Gone zero")
+    book.invoice(gone_open, "99999.00", days_past_due=30)
+    Customer.update(deleted_at=datetime.now(timezone.utc)).where(
+        Customer.id.in_([gone_open.id, gone_zero.id])).execute()
+
+
+def _all_pages(client, qs: str) -> tuple[list[list[str]], set[str]]:
+    """Every page of the list (25 per page) until an empty one, and the totals the pages showed."""
+    pages, totals, page = [], set(), 1
+    while True:
+        html = client.get(f"/customers/?{qs}&per_page=25&page={page}").get_data(as_text=True)
+        totals.add(re.search(r"([\d,]+) match", html).group(1))
+        if not _names(html):
+            return pages, totals
+        pages.append(_names(html))
+        page += 1
+
+
+def test_every_page_of_an_amount_sort_shows_the_right_customers(client, book):
+    """Sorted by open (ascending and descending) or overdue, page after page, the list shows every live
+    customer once: those with something open in the sort's order (ties by id), then those with nothing open
+    by name, on a page shared with the last open ones and on pages wholly past them; deleted customers are
+    neither shown nor counted, and every page shows the same total. Filtered (a bucket, a collector), the same
+    holds for the customers the filter keeps."""
+    from console.views.customers.queries import Filters, list_page
+
+    _amount_book(book)
+    live = list(Customer.select().where(Customer.deleted_at.is_null()))
+    rows = {r.id: r for r in list_page(Filters.from_args({"per_page": "200"}), book.today).rows}
+    assert len(rows) == len(live) == 4 + 23 + 40
+    with_open = [c for c in live if rows[c.id].open_invoices]
+    zero = [c.name for c in sorted((c for c in live if not rows[c.id].open_invoices), key=lambda c: (c.name, c.id))]
+    assert len(with_open) == 26 and len(zero) == 41
+    for qs, key in (("sort=open&dir=asc", lambda c: (rows[c.id].open_reporting, c.id)),
+                    ("sort=open", lambda c: (-rows[c.id].open_reporting, c.id)),
+                    ("sort=overdue", lambda c: (-rows[c.id].overdue_reporting, c.id))):
+        expected = [c.name for c in sorted(with_open, key=key)] + zero
+        pages, totals = _all_pages(client, qs)
+        assert [len(p) for p in pages] == [25, 25, 17] and sum(pages, []) == expected, qs
+        assert pages[2] == zero[24:]  # wholly past the open ones
+        assert totals == {"67"}
+    pages, totals = _all_pages(client, "bucket=1-30")  # an amount filter, by name: no nothing-open customer
+    assert sum(pages, []) == sorted(["Initech Inc."] + [f"Open {n:02d}" for n in range(23)]) and totals == {"24"}
+    Customer.update(collector="cora@example.com").where(Customer.name.startswith("Zero")).execute()
+    mine = [c for c in live if c.name.startswith("Zero") or c.collector == "cora@example.com"]
+    pages, totals = _all_pages(client, "collector=cora@example.com&sort=open&dir=asc")
+    assert sum(pages, []) == [c.name for c in sorted((c for c in mine if rows[c.id].open_invoices),
+                                                     key=lambda c: (rows[c.id].open_reporting, c.id))] + \
+        [c.name for c in sorted((c for c in mine if not rows[c.id].open_invoices), key=lambda c: (c.name, c.id))]
+    assert [len(p) for p in pages] == [25, 17] and totals == {"42"}
+
+
+def test_the_filter_drop_downs_list_the_values_of_live_customers(client, book):
+    """The segment and currency drop-downs list each value live customers have, once, in order: none for
+    a value only deleted customers have, no empty value."""
+    book.customer("Yen Co", currency="JPY", segment="public-sector")
+    gone = book.customer("Gone Ltd", currency="CHF", segment="zz-closed")
+    Customer.update(deleted_at=datetime.now(timezone.utc)).where(Customer.id == gone.id).execute()
+    html = client.get("/customers/").get_data(as_text=True)
+    select = lambda name: re.search(rf'<select[^>]*name="{name}"[^>]*>(.*?)</select>', html, re.S).group(1)  # noqa
+    options = lambda name: re.findall(r'<option\s*(?:selected)?\s*>([^<]*)</option>', select(name))  # noqa
+    assert options("segment") == ["enterprise", "public-sector", "smb"]
+    assert options("currency") == ["EUR", "JPY", "USD"]

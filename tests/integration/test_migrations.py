@@ -54,7 +54,8 @@ def test_migrated_database_has_exactly_the_schema_of_the_models(empty_database):
     from_models = describe_schema(direct)
     direct.close()
 
-    assert set(chain) == {m._meta.table_name for m in models.MODELS}
+    search_tables = models.CUSTOMER_SEARCH_TABLES[empty_database.dialect]
+    assert set(chain) == {m._meta.table_name for m in models.MODELS} | search_tables
     assert all(chain[t]["columns"] for t in chain)
     assert any(chain[t]["indexes"] for t in chain) and any(chain[t]["foreign_keys"] for t in chain)
     for table in sorted(set(chain) | set(from_models)):
@@ -97,3 +98,23 @@ def test_an_old_database_upgraded_ends_identical_to_a_fresh_one_and_keeps_its_da
     upgrade(fresh)
     assert describe_schema(fresh) == upgraded
     fresh.close()
+
+
+def test_the_customer_search_objects_exist_on_both_paths(empty_database):
+    """The customer search's index is there whether the database was migrated or built from the models:
+    SQLite's FTS5 trigram table with its three triggers, PostgreSQL's two pg_trgm GIN indexes."""
+    for build in ("chain", "models"):
+        db = connect(empty_database(f"search_{build}"))
+        if build == "chain":
+            upgrade(db)
+        else:
+            db.create_tables(models.MODELS)
+        schema = describe_schema(db)
+        if empty_database.dialect == "sqlite":
+            assert "tokenize='trigram'" in schema["customer_search"]["virtual"]
+            assert [name for name, _ in schema["customer"]["triggers"]] == [
+                "customer_search_delete", "customer_search_insert", "customer_search_update"]
+        else:
+            names = {name for name, _, _ in schema["customer"]["indexes"]}
+            assert {"customer_name_trgm", "customer_email_trgm"} <= names
+        db.close()

@@ -202,14 +202,55 @@ class _Where:
     def text(self) -> str:
         return " AND ".join(self.sql) if self.sql else "1 = 1"
 
+    @property
+    def live_only(self) -> bool:
+        """Whether the only condition is "not deleted" (the list unfiltered)."""
+        return self.sql == [LIVE]
+
+
+LIVE = 'c."deleted_at" IS NULL'
+#: shortest text the search's index can look up: a trigram (shorter: every customer is read)
+SEARCH_MIN_CHARS = 3
+
+
+def _fts_phrase(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _search_candidates(needle: str, like: str, email_like: str, q: str) -> tuple[str, list] | None:
+    """The ids that can match the search, from indexes (None: the text is too short for them).
+
+    By name (contains) and email domain (ends with): SQLite's FTS5 trigram table ``customer_search``
+    (a phrase of the text matches every name containing it, case folded, a superset of what the
+    exact condition keeps); PostgreSQL's pg_trgm indexes on LOWER(name)/LOWER(email), with the
+    exact LIKEs. By ERP number and ERP id: their indexes. The exact condition is applied as well, so
+    what matches is what the search always matched."""
+    domain = email_like[1:]  # "@domain"
+    if len(needle) < SEARCH_MIN_CHARS or len(domain) < SEARCH_MIN_CHARS:
+        return None
+    if is_postgres():
+        by_text = ('SELECT "id" FROM "customer" WHERE LOWER("name") LIKE ? ESCAPE \'\\\' '
+                   'UNION ALL SELECT "id" FROM "customer" WHERE LOWER("email") LIKE ?')
+        text_args = [like, email_like]
+    else:
+        by_text = 'SELECT "rowid" FROM "customer_search" WHERE "customer_search" MATCH ?'
+        text_args = [f"name : {_fts_phrase(needle)} OR email : {_fts_phrase(domain)}"]
+    sql = (f'c."id" IN ({by_text} UNION ALL SELECT "id" FROM "customer" WHERE "number" = ? '
+           'UNION ALL SELECT "id" FROM "customer" WHERE "source_id" IN (SELECT "id" FROM "source") '
+           'AND "external_id" = ?)')
+    return sql, [*text_args, q, q]
+
 
 def _customer_where(f: Filters, today: date) -> _Where:
     w = _Where()
-    w.add('c."deleted_at" IS NULL')
+    w.add(LIVE)
     if f.q:
         needle = f.q.lower()
         like = "%" + needle.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         domain = needle.split("@")[-1]
+        candidates = _search_candidates(needle, like, "%@" + domain, f.q)
+        if candidates is not None:
+            w.add(candidates[0], *candidates[1])
         w.add('(LOWER(c."name") LIKE ? ESCAPE \'\\\' OR c."number" = ? OR c."external_id" = ? '
               'OR LOWER(c."email") LIKE ?)', like, f.q, f.q, "%@" + domain)
     if f.collector == "none":
@@ -358,6 +399,15 @@ def _count(sql: str, args: list) -> int:
     return database.execute_sql(sql, args).fetchone()[0]
 
 
+def _by_name_page(where: str, args: list, order: str, limit: int, offset: int) -> list[Row]:
+    """The page's customers: their ids cut from the index first (``customer_live_name`` by name: no
+    row is read for the skipped ones), then only those rows with their source."""
+    p = _ph()
+    ids = f'SELECT c."id" FROM "customer" c WHERE {where} ORDER BY {order} LIMIT {p} OFFSET {p}'
+    sql = f'SELECT {CUSTOMER_COLUMNS} {_FROM} WHERE c."id" IN ({ids}) ORDER BY {order}'
+    return [_row(v) for v in database.execute_sql(sql, [*args, limit, offset]).fetchall()]
+
+
 def list_page(f: Filters, today: date) -> Page:
     """One page of the list (``f.page``, ``f.per_page``) and the number of matching customers."""
     w = _customer_where(f, today)
@@ -366,8 +416,8 @@ def list_page(f: Filters, today: date) -> Page:
     if not f.by_amount:
         rows = None
         if f.q:
-            # a search scans the names (LIKE '%...%' uses no index): one pass that collects the
-            # matching ids in order, instead of one pass for the count and another for the page
+            # a search collects its matching ids in order in one pass (from the search's index, see
+            # _search_candidates), the count and the page from them
             ids = [r[0] for r in database.execute_sql(
                 f'SELECT c."id" FROM "customer" c WHERE {w.text()} ORDER BY {_order(f)} LIMIT {p}',
                 [*w.args, SEARCH_IDS_MAX + 1]).fetchall()]
@@ -380,36 +430,45 @@ def list_page(f: Filters, today: date) -> Page:
                     rows = [_row(v) for v in database.execute_sql(sql, wanted).fetchall()]
         if rows is None:
             total = _count(f'SELECT COUNT(*) FROM "customer" c WHERE {w.text()}', w.args)
-            sql = f'SELECT {CUSTOMER_COLUMNS} {_FROM} WHERE {w.text()} ORDER BY {_order(f)} LIMIT {p} OFFSET {p}'
-            rows = [_row(v) for v in database.execute_sql(sql, [*w.args, limit, offset]).fetchall()]
+            rows = _by_name_page(w.text(), w.args, _order(f), limit, offset) if offset < total else []
         _page_ar(rows, today, f)
         _decorate(rows, today)
         return Page(rows, total, f)
     # by amount: the per-customer balances of today (table customer_balance, middleware.balances),
-    # sorted and cut in SQL on its indexes; the page's figures are then read live (exact)
+    # counted, sorted and cut in SQL on its indexes; the page's figures are then read live (exact)
     from middleware.balances import ensure_current
 
     ensure_current(today)
     having, having_args = _balance_having(f)
     joined = f'FROM "customer_balance" b JOIN "customer" c ON c."id" = b."customer_id" WHERE {w.text()}'
-    sql = (f'SELECT {CUSTOMER_COLUMNS} FROM "customer_balance" b JOIN "customer" c ON c."id" = b."customer_id" '
-           f'JOIN "source" s ON s."id" = c."source_id" WHERE {w.text()}{having} '
-           f'ORDER BY {_balance_order(f)} LIMIT {p} OFFSET {p}')
-    rows = [_row(v) for v in database.execute_sql(sql, [*w.args, *having_args, limit, offset]).fetchall()]
-    n_open = _count(f'SELECT COUNT(*) {joined}{having}', [*w.args, *having_args])
+    if w.live_only:
+        # no filter on customers: the balance rows alone, less those of deleted customers (a few,
+        # from the partial index customer_deleted), so counting and cutting read no customer row
+        base = ('FROM "customer_balance" b WHERE b."customer_id" NOT IN '
+                '(SELECT "id" FROM "customer" WHERE "deleted_at" IS NOT NULL)')
+        base_args: list = []
+    else:
+        base, base_args = joined, list(w.args)
+    n_open = _count(f'SELECT COUNT(*) {base}{having}', [*base_args, *having_args])
+    rows = []
+    if offset < n_open:
+        order = _balance_order(f)
+        cut, cut_args = (joined, list(w.args)) if f.sort == "name" else (base, base_args)  # by name: c."name"
+        ids = f'SELECT b."customer_id" {cut}{having} ORDER BY {order} LIMIT {p} OFFSET {p}'
+        sql = (f'SELECT {CUSTOMER_COLUMNS} FROM "customer_balance" b JOIN "customer" c ON c."id" = b."customer_id" '
+               f'JOIN "source" s ON s."id" = c."source_id" WHERE b."customer_id" IN ({ids}) ORDER BY {order}')
+        rows = [_row(v) for v in database.execute_sql(sql, [*cut_args, *having_args, limit, offset]).fetchall()]
     total = n_open
     if f.zero_qualifies:
         # then the customers with nothing open, by name
-        zero = 'NOT EXISTS (SELECT 1 FROM "customer_balance" z WHERE z."customer_id" = c."id")'
         n_all = _count(f'SELECT COUNT(*) FROM "customer" c WHERE {w.text()}', w.args)
-        with_open = _count(f'SELECT COUNT(*) {joined}', w.args) if having else n_open
+        with_open = _count(f'SELECT COUNT(*) {base}', base_args) if having else n_open
         total = n_open + (n_all - with_open)
         if len(rows) < limit and offset + len(rows) < total:
             tail_offset = max(offset - n_open, 0)
-            sql = (f'SELECT {CUSTOMER_COLUMNS} {_FROM} WHERE {w.text()} AND {zero} '
-                   f'ORDER BY c."name", c."id" LIMIT {p} OFFSET {p}')
-            rows += [_row(v) for v in database.execute_sql(
-                sql, [*w.args, limit - len(rows), tail_offset]).fetchall()]
+            zero = 'c."id" NOT IN (SELECT "customer_id" FROM "customer_balance")'
+            rows += _by_name_page(f'{w.text()} AND {zero}', w.args, 'c."name", c."id"', limit - len(rows),
+                                  tail_offset)
     _page_ar(rows, today, f)
     _decorate(rows, today)
     return Page(rows, total, f)
