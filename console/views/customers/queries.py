@@ -9,12 +9,16 @@ amount (missing rate) is left out of the sums and flagged (``fx_missing``), neve
 
 Two plans, so no page scans more than it must:
 * **by name** (the default, and whenever no amount filter or sort is asked): customers filtered
-  on their own columns, ``ORDER BY name, id LIMIT/OFFSET`` on the name index.
+  on their own columns, the page's ids ``ORDER BY name, id LIMIT/OFFSET`` on the partial index
+  ``customer_live_name`` (migration 9), then only those rows; a search takes its candidates from
+  the search index (migration 10: SQLite FTS5 trigram, PostgreSQL pg_trgm) and keeps its exact
+  condition.
 * **by amount** (sort by open/overdue/oldest, or an overdue range, or a bucket): the per-customer
   balances of today (table ``customer_balance``, ``middleware.balances``: refreshed by every ERP
-  sync for what it touched and in full when the day changes) joined to the filtered customers,
-  ``ORDER BY`` an amount ``LIMIT/OFFSET`` on that table's indexes, the total from a ``COUNT(*)``.
-  Customers with nothing open come after them, by name, when the filters admit a zero balance.
+  sync for what it touched and in full when the day changes), less deleted customers (or joined to
+  the filtered customers), counted, then the page's ids ``ORDER BY`` an amount ``LIMIT/OFFSET`` on
+  that table's indexes. Customers with nothing open come after them, by name, when the filters
+  admit a zero balance.
 Either way the page's figures are then summed live for its customers only (one grouped query
 with ``IN`` over the partial index), so what the page shows is exact even between refreshes.
 Then a few queries keyed by the page's ids: tags, the campaign of the latest dunning action.
