@@ -111,9 +111,12 @@ def test_german_statement_shows_open_invoices_aging_totals_and_usd_at_closing_ra
         assert number in text
     for number in ("RE-2026-PAID", "RE-2026-GONE", "RE-2026-LATER"):
         assert number not in text
-    # number, issue date, due date, days past due, amount, open amount, PO number
-    assert "RE-2026-001 01.09.2026 01.10.2026 60 1.234,50 € 1.234,50 € PO-4711" in text
-    assert "RE-2026-002 10.11.2026 10.12.2026 – 2.000,00 € 500,25 €" in text
+    # number · PO number, issue date, due date · days past due, amount, open amount: the PO shares
+    # the invoice's cell and the days past due the due date's; without a PO, or not yet due, the
+    # number and the due date stand alone
+    assert "RE-2026-001 · PO-4711 01.09.2026 01.10.2026 · 60 days past due 1.234,50 € 1.234,50 €" in text
+    assert "RE-2026-003 21.10.2026 20.11.2026 · 10 days past due 99,99 € 99,99 €" in text
+    assert "RE-2026-002 10.11.2026 10.12.2026 2.000,00 € 500,25 €" in text
     # sorted by due date: the 91+ invoice first, the not-yet-due one last
     order = [text.index(n) for n in ("RE-2026-004", "RE-2026-005", "RE-2026-001", "RE-2026-003", "RE-2026-002")]
     assert order == sorted(order)
@@ -166,6 +169,23 @@ def test_jpy_statement_has_no_minor_units_and_english_formatting(book):
     assert "Total balance in USD $80.40" in text
 
 
+def test_days_past_due_read_in_words_next_to_the_due_date(book):
+    """An invoice due the day before the statement date reads "1 day past due" after its due date;
+    one due on the statement date is current: its due date stands alone, with no days."""
+    from middleware.models import Customer, Invoice
+
+    quiet = Customer.get_by_id(book["quiet"])
+    for number, due in (("Q-1", date(2026, 11, 29)), ("Q-2", AS_OF)):
+        Invoice.create(source=quiet.source, external_id=number, number=number, customer=quiet,
+                       customer_external_id=quiet.external_id, currency="USD", amount=Decimal(10),
+                       open_amount=Decimal(10), due_date=due, issue_date=due - timedelta(days=30), status="open",
+                       content_hash="x")
+    text = "\n".join(_text(_pdf(book["quiet"])))
+    assert "Q-1 Oct 30, 2026 Nov 29, 2026 · 1 day past due $10.00 $10.00" in text
+    assert "Q-2 Oct 31, 2026 Nov 30, 2026 $10.00 $10.00" in text
+    assert "0 days" not in text
+
+
 def test_locale_argument_overrides_the_customers_locale(book):
     """``locale="en_US"`` renders the German customer's figures the English way (€1,234.50)."""
     text = "\n".join(_text(_pdf(book["de"], locale="en_US")))
@@ -208,8 +228,9 @@ def test_pay_link_and_remittance_override(book, settings):
 
 
 def test_sixty_lines_lay_out_on_two_pages_with_header_and_page_numbers(book, db):
-    """60 open invoices make exactly two A4 pages: every invoice appears once, the table header
-    is repeated at the top of page 2, and each footer says "Page n of 2"."""
+    """60 open invoices make exactly two A4 pages: every invoice appears once with its PO number
+    and (when overdue) its days past due, the table header is repeated at the top of page 2, and
+    each footer says "Page n of 2"."""
     from middleware.models import Customer, Invoice, Source
 
     src = Source.get(Source.name == "erp")
@@ -226,9 +247,14 @@ def test_sixty_lines_lay_out_on_two_pages_with_header_and_page_numbers(book, db)
     both = "\n".join(pages)
     for n in range(60):
         assert both.count(f"FA-2026-{n:03d}") == 1
+    header = "Invoice · PO number Issue date Due date Amount Open amount"
     for page in pages:
-        assert "Invoice Issue date Due date" in page and "Open amount PO number" in page
-    assert pages[1].lstrip().startswith("Invoice Issue date Due date")  # the header, repeated
+        assert header in page
+    assert pages[1].lstrip().startswith(header)  # the header, repeated
+    for n in range(60):  # every line with its PO number and, when overdue, its days past due
+        days = 100 - 2 * n
+        assert f"FA-2026-{n:03d} · BC-{n:04d}" in both
+        assert (f" · {days} day{'s' if days != 1 else ''} past due" in both) == (days > 0)
     assert "Page 1 of 2" in pages[0] and "Page 2 of 2" in pages[1]
     assert "Aging summary" in pages[1] and "Total balance in USD" in pages[1]
 
@@ -275,6 +301,28 @@ def test_url_fetcher_serves_only_the_statement_assets(tmp_path):
         with pytest.raises(StatementRenderError, match="statement asset refused") as info:
             html_to_pdf(f'<html><body><p>x</p><img src="{src}"></body></html>')
         assert isinstance(info.value.__cause__, AssetRefused)
+
+
+def test_a_render_leaves_the_garbage_collector_as_it_found_it():
+    """html_to_pdf pauses Python's cyclic garbage collector while WeasyPrint runs (a fifth of a
+    render's time otherwise): afterwards it is on again, also when the render failed, and a
+    caller that had turned it off finds it still off."""
+    import gc
+
+    from middleware.statements import StatementRenderError, html_to_pdf
+
+    assert gc.isenabled()
+    assert html_to_pdf("<html><body><p>x</p></body></html>").startswith(b"%PDF")
+    assert gc.isenabled()
+    with pytest.raises(StatementRenderError):
+        html_to_pdf('<html><body><img src="http://127.0.0.1:9/x.png"></body></html>')
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        html_to_pdf("<html><body><p>x</p></body></html>")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_cli_render_writes_the_pdf(book, settings, tmp_path):
