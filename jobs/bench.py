@@ -266,6 +266,7 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             t_inc = time.perf_counter()
             inc = service().run()
             incremental_seconds = time.perf_counter() - t_inc
+            incremental_objects = {name: stats.get("seconds", 0) for name, stats in (inc.objects or {}).items()}
             connector.close()
         stored = inv_run.created + inv_run.updated + inv_run.unchanged
         return {
@@ -278,6 +279,9 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             "invoice_cpu_seconds": round(invoice_cpu, 2), "invoice_prepare_cpu_seconds": round(invoice_prepare_cpu, 2),
             "incremental_changed": (inc.objects.get("invoice") or {}).get("updated", 0),
             "incremental_requested": len(changed_ids), "incremental_seconds": round(incremental_seconds, 2),
+            # per object (pull and writes), and the rest: the run's bookkeeping and the finishing pass
+            "incremental_object_seconds": incremental_objects,
+            "incremental_other_seconds": round(incremental_seconds - sum(incremental_objects.values()), 2),
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         }
     finally:

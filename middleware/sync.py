@@ -21,6 +21,7 @@ import pickle
 import queue
 import signal
 import threading
+import time
 import traceback
 from collections import defaultdict
 from contextlib import contextmanager
@@ -33,7 +34,7 @@ from marshmallow import ValidationError
 
 from . import balances
 from .bulk import placeholders, to_decimal, update_many, upsert
-from .db import database
+from .db import database, sql_timestamp
 from .fx import RateBook
 from .locks import LockBusy, exclusive
 from .mapping import CompiledMapping, FieldError, FieldSpec
@@ -78,12 +79,17 @@ class ObjectStats:
     skipped: int = 0  # filtered out by the preset (e.g. supplier bills)
     duplicates: int = 0
     pages: int = 0
+    seconds: float = 0.0  # wall time of the object's pull and writes
+    waited_seconds: float = 0.0  # of which the writer waited for the next prepared page (ERP, parse, mapping)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     hold_cursor: bool = False  # something may have been missed: keep the cursor where it was
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v not in (None, [], 0, False) or k in ("fetched",)}
+        out = {k: v for k, v in self.__dict__.items() if v not in (None, [], 0, False) or k in ("fetched",)}
+        if "waited_seconds" in out:
+            out["waited_seconds"] = round(out["waited_seconds"], 2)
+        return out
 
 
 def content_hash(record: dict) -> str:
@@ -199,10 +205,12 @@ class SyncService:
             for name in wanted:
                 stats = ObjectStats()
                 cursor = cursors.get(name)
+                started = time.perf_counter()
                 try:
                     new_cursor = self._sync_object(run, name, None if full or cursor is None else cursor.cursor,
                                                    None if cursor is None else cursor.deleted_cursor, stats, full)
                 except Exception as exc:  # recorded on the run; the cursor stays where it was
+                    stats.seconds = round(time.perf_counter() - started, 2)
                     stats.error = f"{type(exc).__name__}: {exc}"
                     errors.append({"object": name, "error": stats.error})
                     log.warning("sync %s/%s failed: %s", self.source.name, name, stats.error)
@@ -211,6 +219,7 @@ class SyncService:
                         raise
                 else:
                     cursor_after[name] = new_cursor.isoformat() if new_cursor else None
+                    stats.seconds = round(time.perf_counter() - started, 2)
                 record(name, stats)
                 if name == "fx_rate":
                     self.rates = RateBook.load(self.reporting)
@@ -300,11 +309,19 @@ class SyncService:
                 yield meta, number, keyset, len(records), chunks, state["unmatched"]
 
         if self.prepare == "process":
-            pages = prepare_in_process(prepared, on_fork=getattr(self.connector, "after_fork", None))
+            # 8 pages ahead: the child keeps preparing while the writer commits or checkpoints
+            pages = prepare_in_process(prepared, depth=8, on_fork=getattr(self.connector, "after_fork", None))
         else:
             pages = prefetch(prepared())
         first_size = None
-        for page, number, keyset, size, chunks, unmatched in pages:
+        pages = iter(pages)
+        while True:
+            waiting = time.perf_counter()
+            item = next(pages, None)
+            stats.waited_seconds += time.perf_counter() - waiting  # the ERP, or its parse and mapping
+            if item is None:
+                break
+            page, number, keyset, size, chunks, unmatched = item
             state["unmatched"] = unmatched
             stats.pages += 1
             if server_start is None and getattr(page, "server_time", None):
@@ -612,7 +629,7 @@ class SyncService:
         todo, unchanged = self._classify(Invoice, records)
         if not todo:
             return 0, 0, unchanged
-        now = utcnow()
+        now = sql_timestamp(utcnow())  # adapted once for the chunk's rows
         customers = self.customer_ids()
         applied = self._applied([r["external_id"] for r, _, row in todo if row is not None or self._has_apps])
         cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",

@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import itertools
 import hashlib
 import json
 import math
@@ -93,6 +94,25 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 PROVIDER = "arhub sandbox"
 TENANT_NAME = "arhub Sandbox Org"
+class _Tail:
+    """``items[start:]`` without copying it: the part of a snapshot a request pages through."""
+
+    __slots__ = ("items", "start")
+
+    def __init__(self, items: list, start: int):
+        self.items, self.start = items, start
+
+    def __len__(self) -> int:
+        return len(self.items) - self.start
+
+    def __iter__(self):
+        return itertools.islice(self.items, self.start, None)
+
+    def __getitem__(self, part: slice) -> list:
+        lo, hi, _ = part.indices(len(self))
+        return self.items[self.start + lo:self.start + hi]
+
+
 _SNAPSHOT_LIMIT = 32  # filtered id lists kept (oldest dropped first)
 _CACHE_LIMIT = 2_500_000  # rendered records kept (all endpoints); cleared wholesale beyond it
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -305,6 +325,7 @@ class XeroApp:
         self._cache: dict[tuple, str] = {}
         self._rev: dict[int, list[tuple[str, int, int]]] | None = None
         self._deleted_numbers: dict[tuple[str, int], str] = {}
+        self._deleted_stamps: dict[tuple[str, int], datetime] = {}
         self._contact_ids: dict[int, str] = {}
         self.tokens_issued = 0
 
@@ -441,6 +462,7 @@ class XeroApp:
                 self._deleted_count = deleted
                 changed.update({d.kind for d in book.deleted} or {"invoice"})
                 self._deleted_numbers = {(d.kind, d.id): d.number for d in book.deleted}
+                self._deleted_stamps = {(d.kind, d.id): d.deleted_at for d in book.deleted}
         if changed:
             with self._lock:
                 self._snapshots = {k: v for k, v in self._snapshots.items()
@@ -478,15 +500,22 @@ class XeroApp:
         ids = frozenset(s.strip().lower() for s in args.get("IDs", "").split(",") if s.strip())
         archived = args.get("includeArchived", "").lower() == "true"
         self._sync_versions()
-        key = (endpoint.name, since, clauses, statuses, ids, archived)
+        # one snapshot per filter, whatever the If-Modified-Since: every listing is ordered by
+        # modification time, so "modified since T" is the snapshot's tail from T on, found by
+        # bisection (as a real ERP answers it from an index). A pull that pages by keyset sends
+        # a new T with every request; building a snapshot per T cost O(records) each time.
+        key = (endpoint.name, None, clauses, statuses, ids, archived)
         with self._lock:
             entries = self._snapshots.get(key)
         if entries is None:
-            entries = self._build_snapshot(endpoint, since, clauses, statuses, ids, archived)
+            entries = self._build_snapshot(endpoint, None, clauses, statuses, ids, archived)
             with self._lock:
                 while len(self._snapshots) >= _SNAPSHOT_LIMIT:
                     self._snapshots.pop(next(iter(self._snapshots)))
                 self._snapshots[key] = entries
+        if since is not None:
+            with self.book.lock:
+                entries = _Tail(entries, bisect.bisect_left(entries, since, key=self._stamp_of(endpoint.name)))
 
         paging = args.get("_paging", "page")
         size = self._int(args.get("pageSize") or args.get("limit"), DEFAULT_PAGE_SIZE)
@@ -565,6 +594,17 @@ class XeroApp:
         return self._json(text, 200, headers)
 
     # --------------------------------------------------------------- snapshots
+    def _stamp_of(self, name: str) -> Callable[[Any], datetime]:
+        """The modification (or deletion) time of a snapshot entry of endpoint ``name``."""
+        book, deleted = self.book, self._deleted_stamps
+        if name == "Payments":
+            return lambda k: book.payments[k[0]].modified if k[0] > 0 else deleted[("payment", -k[0])]
+        if name == "Overpayments":
+            return lambda k: book.payments[k].modified
+        kind = {"Contacts": "customer", "Invoices": "invoice", "CreditNotes": "credit_memo"}[name]
+        records = book.records(kind)
+        return lambda k: records[k].modified if k > 0 else deleted[(kind, -k)]
+
     def _build_snapshot(self, endpoint: _Endpoint, since, clauses, statuses, ids, archived) -> list:
         """The ordered keys of the records an endpoint lists for these filters.
 

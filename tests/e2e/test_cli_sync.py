@@ -54,12 +54,14 @@ def sync_erp(env: dict) -> subprocess.CompletedProcess:
 
 
 def summary_rows(output: str) -> dict[str, list[int]]:
-    """The summary table's rows: object -> [fetched, created, updated, unchanged, rejected, deleted]."""
+    """The summary table's rows: object -> [fetched, created, updated, unchanged, rejected, deleted]
+    (each row's last cell, its seconds, must read as a number)."""
     rows = {}
     for line in output.splitlines():
         cells = [c.strip() for c in line.strip().strip("│").split("│")]
-        if len(cells) == 7 and all(c.isdigit() for c in cells[1:]):
-            rows[cells[0]] = [int(c) for c in cells[1:]]
+        if len(cells) == 8 and all(c.isdigit() for c in cells[1:7]):
+            assert float(cells[7]) >= 0, line
+            rows[cells[0]] = [int(c) for c in cells[1:7]]
     return rows
 
 
