@@ -200,6 +200,17 @@ def stylesheet() -> CSS:
     return _css
 
 
+#: Characters Babel writes that the statement's font (DejaVu Sans) has no glyph for, and the
+#: glyph it has for the same thing: CLDR's ja/zh formats put the full-width yen/yuan sign
+#: before JPY and CNY amounts, which printed as an empty box.
+FONT_SUBSTITUTES = str.maketrans({"\uffe5": "\u00a5", "\uffe6": "\u20a9", "\uffe0": "\u00a2",
+                                  "\uffe1": "\u00a3", "\uff04": "$"})
+
+
+def _statement_money(amount, currency: str, locale: str) -> str:
+    return format_money(amount, currency, locale).translate(FONT_SUBSTITUTES)
+
+
 def _template():
     """The statement template, compiled once per process for every locale: its ``money``,
     ``date`` and ``number`` filters format for the ``locale`` of the render's context (a forked
@@ -212,7 +223,7 @@ def _template():
                 env = file_environment(assets_dir(), "en")
                 env.auto_reload = False  # shipped files: compiled once, never re-read
                 env.filters["money"] = pass_context(
-                    lambda ctx, amount, currency: format_money(amount, currency, ctx["locale"]))
+                    lambda ctx, amount, currency: _statement_money(amount, currency, ctx["locale"]))
                 env.filters["date"] = pass_context(
                     lambda ctx, value, fmt="medium": format_day(value, fmt, ctx["locale"]))
                 env.filters["number"] = pass_context(

@@ -37,6 +37,19 @@ elif [ ! -d /usr/share/fonts ] || [ -z "$(find /usr/share/fonts -type f \( -name
     missing_pkgs+=(fonts-dejavu-core)
 fi
 
+# statements print dates and country names in the customer's language: Chinese, Japanese and
+# Korean need a CJK font, Hindi a Devanagari one (DejaVu has neither)
+if command -v fc-list >/dev/null 2>&1; then
+    if [ -z "$(fc-list ':family=WenQuanYi Micro Hei' 2>/dev/null | head -n 1)" ]; then
+        missing_libs+=("a CJK font for statements in Chinese, Japanese and Korean")
+        missing_pkgs+=(fonts-wqy-microhei)
+    fi
+    if [ -z "$(fc-list ':family=Lohit Devanagari' 2>/dev/null | head -n 1)" ]; then
+        missing_libs+=("a Devanagari font for statements in Hindi")
+        missing_pkgs+=(fonts-lohit-deva)
+    fi
+fi
+
 py=${PYTHON:-python3}
 if ! command -v "$py" >/dev/null 2>&1; then
     echo "arhub: $py not found; install Python 3.11+ (apt-get install python3 python3-venv)" >&2

@@ -7,6 +7,7 @@ non-breaking spaces are folded into plain spaces first) and on the pay link's an
 from __future__ import annotations
 
 import io
+import re
 from datetime import date, timedelta
 from decimal import Decimal
 
@@ -167,6 +168,69 @@ def test_jpy_statement_has_no_minor_units_and_english_formatting(book):
     assert "$80.40" in text
     assert "0.0067 USD/JPY, Nov 28, 2026" in text
     assert "Total balance in USD $80.40" in text
+
+
+def _printable_chars(pdf: bytes) -> set[str]:
+    """Every character a reader sees on ``pdf`` (spaces left out)."""
+    return {ch for page in _text(pdf) for ch in page if not ch.isspace()}
+
+
+def _fonts_cover(pdf: bytes) -> set[int]:
+    """The code points the PDF's embedded fonts have a real glyph for (their cmap tables)."""
+    from fontTools.ttLib import TTFont
+
+    covered: set[int] = set()
+
+    def fonts(resources, seen=set()):
+        resources = resources.get_object() if resources is not None else {}
+        for font in (resources.get("/Font") or {}).values():
+            yield font.get_object()
+        for xobject in (resources.get("/XObject") or {}).values():  # forms (repeated headers, footers)
+            xobject = xobject.get_object()
+            if id(xobject) not in seen and xobject.get("/Resources") is not None:
+                seen.add(id(xobject))
+                yield from fonts(xobject["/Resources"], seen)
+
+    for page in PdfReader(io.BytesIO(pdf)).pages:
+        for font in fonts(page.get("/Resources")):
+            has_glyphs = False
+            for descendant in font.get("/DescendantFonts") or [font]:
+                descriptor = descendant.get_object().get("/FontDescriptor")
+                data = descriptor and descriptor.get_object().get("/FontFile2")
+                if data is not None:
+                    tt = TTFont(io.BytesIO(data.get_object().get_data()))
+                    has_glyphs = any(g != ".notdef" for g in tt.getGlyphOrder())
+                    if "cmap" in tt:
+                        covered.update(tt.getBestCmap())
+            # glyphs the subset keeps without a cmap entry (conjuncts, ligatures) are in ToUnicode
+            unicode_map = font.get("/ToUnicode")
+            if has_glyphs and unicode_map is not None:
+                text = unicode_map.get_object().get_data().decode("latin-1")
+                for glyph, target in re.findall(r"<([0-9A-Fa-f]+)>\s*<([0-9A-Fa-f]+)>", text):
+                    if int(glyph, 16) != 0:  # glyph 0 is .notdef: the empty box
+                        covered.update(int(target[i:i + 4], 16) for i in range(0, len(target), 4))
+    return covered
+
+
+@pytest.mark.parametrize("locale,currency", [("ja_JP", "JPY"), ("zh_CN", "CNY"), ("ko_KR", "KRW"), ("de_DE", "EUR"),
+                                             ("fr_FR", "EUR"), ("en_GB", "GBP"), ("hi_IN", "INR")])
+def test_every_character_on_a_statement_has_a_glyph_in_its_font(book, locale, currency):
+    """Babel writes ￥12,000 for ja_JP; the statement's font has no full-width yen sign and the
+    customer saw an empty box. Every character printed, in every locale's format, must be in the
+    embedded font."""
+    from middleware.models import Customer, Invoice
+
+    cust = Customer.get_by_id(book["quiet"])
+    cust.billing_currency, cust.locale = currency, locale
+    cust.save()
+    Invoice.create(source=cust.source, external_id="L-1", number="L-1", customer=cust,
+                   customer_external_id=cust.external_id, currency=currency, amount=Decimal("12000"),
+                   open_amount=Decimal("12000"), due_date=date(2026, 11, 10), issue_date=date(2026, 10, 10),
+                   status="open", content_hash="x")
+    pdf = _pdf(book["quiet"])
+    missing = {ch for ch in _printable_chars(pdf) if ord(ch) not in _fonts_cover(pdf)}
+    assert not missing, f"no glyph for {sorted(missing)} on a {locale} statement"
+    assert "12" in "".join(_text(pdf))
 
 
 def test_days_past_due_read_in_words_next_to_the_due_date(book):
