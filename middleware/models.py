@@ -356,6 +356,12 @@ class Application(BaseModel):
         )
 
 
+#: Applications whose invoice has not arrived (or was deleted): each ERP sync asks whether any wait
+#: for an invoice it wrote (migration 11).
+Application.add_index(Application.index(Application.source, name="application_unlinked",
+                                        where=SQL('"invoice_id" IS NULL')))
+
+
 class FxRate(BaseModel):
     """Units of ``base_currency`` (the reporting currency) per unit of ``currency`` from ``rate_date``."""
 

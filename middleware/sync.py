@@ -314,30 +314,33 @@ class SyncService:
         else:
             pages = prefetch(prepared())
         first_size = None
-        pages = iter(pages)
-        while True:
-            waiting = time.perf_counter()
-            item = next(pages, None)
-            stats.waited_seconds += time.perf_counter() - waiting  # the ERP, or its parse and mapping
-            if item is None:
-                break
-            page, number, keyset, size, chunks, unmatched = item
-            state["unmatched"] = unmatched
-            stats.pages += 1
-            if server_start is None and getattr(page, "server_time", None):
-                server_start = page.server_time
-            total = getattr(page, "total_pages", None)
-            if first_size is None:
-                first_size = size
-            elif total and number < total and size < first_size and not keyset:
-                stats.hold_cursor = True
-                stats.warnings.append(
-                    f"{name}: page {number} of {total} had {size} records, not {first_size}: a record "
-                    "vanished between pages (deleted or moved); the cursor stays so the next sync looks again")
-            for chunk in chunks:
-                self._apply_chunk(run, name, chunk, seen, stats, group)
-            group.add(size)
-            self.progress(name, stats)
+        try:
+            pages = iter(pages)
+            while True:
+                waiting = time.perf_counter()
+                item = next(pages, None)
+                stats.waited_seconds += time.perf_counter() - waiting  # the ERP, or its parse and mapping
+                if item is None:
+                    break
+                page, number, keyset, size, chunks, unmatched = item
+                state["unmatched"] = unmatched
+                stats.pages += 1
+                if server_start is None and getattr(page, "server_time", None):
+                    server_start = page.server_time
+                total = getattr(page, "total_pages", None)
+                if first_size is None:
+                    first_size = size
+                elif total and number < total and size < first_size and not keyset:
+                    stats.hold_cursor = True
+                    stats.warnings.append(
+                        f"{name}: page {number} of {total} had {size} records, not {first_size}: a record "
+                        "vanished between pages (deleted or moved); the cursor stays so the next sync looks again")
+                for chunk in chunks:
+                    self._apply_chunk(run, name, chunk, seen, stats, group)
+                group.add(size)
+                self.progress(name, stats)
+        finally:
+            pages.close()  # a write that failed stops the prepare process now, not when the traceback goes
         return server_start, state["unmatched"] or set()
 
     def _pages(self, name: str, since: datetime | None, mapping: CompiledMapping) -> Iterator[tuple[Any, int, bool]]:
@@ -505,9 +508,10 @@ class SyncService:
         return out
 
     def customer_ids(self) -> dict[str, int]:
-        if self._customer_ids is None:
-            self._customer_ids = dict(Customer.select(Customer.external_id, Customer.id)
-                                      .where(Customer.source == self.source.id).tuples())
+        if self._customer_ids is None:  # raw rows: through peewee's row wrappers, 150,000 took 0.8 s
+            self._customer_ids = dict(database.execute_sql(
+                f'SELECT "external_id", "id" FROM "customer" WHERE "source_id" = {placeholders(1)}',
+                (self.source.id,)).fetchall())
         return self._customer_ids
 
     def _convert(self, amount: Decimal, currency: str, day: date) -> tuple:
