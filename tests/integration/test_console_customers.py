@@ -298,13 +298,10 @@ def _assert_list_matches_ar(day):
     return expected
 
 
-def test_amount_sorts_and_filters_equal_middleware_ar_across_a_sync_and_a_new_day(db, sandbox):
-    """Sorted by overdue or filtered by an overdue floor or an aging bucket, the list shows every customer's
-    open and overdue amounts, oldest overdue date and open count exactly as middleware.ar computes them: after
-    a full sync, after an incremental one in which invoices were paid, voided, deleted and created, and on a
-    later day when more of them are overdue."""
-    from jobs.sync import load_preset, make_connector, run_sync
+def _netsuite_sync(sandbox):
+    """A NetSuite source on the sandbox, and a function that syncs it once more."""
     from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
+    from jobs.sync import load_preset, make_connector, run_sync
     from middleware.sources import configure_source
 
     src = configure_source("netsuite", load_preset("netsuite-2023_2"),
@@ -317,7 +314,15 @@ def test_amount_sorts_and_filters_equal_middleware_ar_across_a_sync_and_a_new_da
             return run_sync(src.name, connector=connector)
         finally:
             connector.close()
+    return sync
 
+
+def test_amount_sorts_and_filters_equal_middleware_ar_across_a_sync_and_a_new_day(db, sandbox):
+    """Sorted by overdue or filtered by an overdue floor or an aging bucket, the list shows every customer's
+    open and overdue amounts, oldest overdue date and open count exactly as middleware.ar computes them: after
+    a full sync, after an incremental one in which invoices were paid, voided, deleted and created, and on a
+    later day when more of them are overdue."""
+    sync = _netsuite_sync(sandbox)
     sync()
     day = today()
     before = _assert_list_matches_ar(day)
@@ -402,21 +407,9 @@ def test_the_search_index_follows_a_sync_that_renames_and_deletes_customers(db, 
     """After a sync renames a customer in the ERP, searching the new name finds it and the old name no longer
     does; a customer deleted in the ERP is no longer found; a customer row deleted from the store leaves the
     index too (SQLite's FTS5 table is kept by triggers, PostgreSQL's indexes by the database)."""
-    from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS
     from console.views.customers.queries import Filters, list_page
-    from jobs.sync import load_preset, make_connector, run_sync
-    from middleware.sources import configure_source
 
-    src = configure_source("netsuite", load_preset("netsuite-2023_2"),
-                           endpoint=sandbox.netsuite_url + "/services/NetSuitePort_2023_2",
-                           credentials=SANDBOX_CREDENTIALS)
-
-    def sync():
-        connector = make_connector(Source.get_by_id(src.id), sleep=lambda s: None)
-        try:
-            return run_sync(src.name, connector=connector)
-        finally:
-            connector.close()
+    sync = _netsuite_sync(sandbox)
 
     def found(q):
         return [r.name for r in list_page(Filters.from_args({"q": q, "per_page": "200"}), today()).rows]
