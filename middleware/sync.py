@@ -325,9 +325,9 @@ class SyncService:
                 page, number, keyset, size, chunks, unmatched = item
                 state["unmatched"] = unmatched
                 stats.pages += 1
-                if server_start is None and getattr(page, "server_time", None):
+                if server_start is None and page.server_time:
                     server_start = page.server_time
-                total = getattr(page, "total_pages", None)
+                total = page.total_pages
                 if first_size is None:
                     first_size = size
                 elif total and number < total and size < first_size and not keyset:
