@@ -173,22 +173,8 @@ def get_queue(name: str = "default", settings: Settings | None = None) -> Queue:
     return Queue(name, connection=get_redis(settings))
 
 
-class _Bootstrapped:
-    """Our composition root in an rq worker: the process bootstraps once (logging with secret
-    redaction, the database proxy) and warms what its queues' jobs need."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        from jobs.bootstrap import bootstrap
-        from middleware.secrets import install_log_redaction
-
-        ctx = bootstrap()
-        self.imminent_shutdown_delay = ctx.settings.worker_shutdown_grace_seconds
-        install_log_redaction(ctx.settings, logger=logging.getLogger("rq.worker"))
-        if {"statements", "dunning"} & {q.name for q in self.queues}:
-            self._warm_statements()
-        if "dunning" in {q.name for q in self.queues}:
-            self._warm_dunning()
+class PromptExit:
+    """A worker mixin: the worker leaves within a second of being told to stop (see ``subscribe``)."""
 
     def subscribe(self):
         """rq's subscription to the worker's command channel, polled every second instead of
@@ -205,6 +191,24 @@ class _Bootstrapped:
         self.pubsub_thread = self.pubsub.run_in_thread(
             sleep_time=_PUBSUB_POLL_SECONDS, daemon=True, exception_handler=self._pubsub_exception_handler
         )
+
+
+class _Bootstrapped(PromptExit):
+    """Our composition root in an rq worker: the process bootstraps once (logging with secret
+    redaction, the database proxy) and warms what its queues' jobs need."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        from jobs.bootstrap import bootstrap
+        from middleware.secrets import install_log_redaction
+
+        ctx = bootstrap()
+        self.imminent_shutdown_delay = ctx.settings.worker_shutdown_grace_seconds
+        install_log_redaction(ctx.settings, logger=logging.getLogger("rq.worker"))
+        if {"statements", "dunning"} & {q.name for q in self.queues}:
+            self._warm_statements()
+        if "dunning" in {q.name for q in self.queues}:
+            self._warm_dunning()
 
     @staticmethod
     def _warm_statements() -> None:
@@ -242,6 +246,12 @@ class Worker(_Bootstrapped, HerokuWorker):
     """rq's ``HerokuWorker`` (graceful SIGTERM: the running job gets
     ``ARHUB_WORKER_SHUTDOWN_GRACE_SECONDS``) plus our composition root; each forked work horse
     inherits the bootstrapped, warmed parent."""
+
+
+class InlineWorker(PromptExit, SimpleWorker):
+    """rq's ``SimpleWorker`` (jobs run in this process, no bootstrap of its own) that exits promptly:
+    for running queued jobs inside a process that is already set up, such as a test or a debugging
+    session (``InlineWorker([queue], connection=get_redis()).work(burst=True)``)."""
 
 
 class MailWorker(_Bootstrapped, SimpleWorker):

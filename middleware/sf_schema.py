@@ -80,7 +80,7 @@ CANONICAL: dict[str, FieldKind] = {
     "currency": FieldKind("text", "Currency", 3),
     "amount": FieldKind("number", "Amount (billing currency)"),
     "open_amount": FieldKind("number", "Open amount (billing currency)"),
-    "open_reporting": FieldKind("money", "Open balance"),
+    # "open_reporting" (above) is on invoices too
     "days_overdue": FieldKind("int", "Days overdue", precision=6, scale=0),
     "status": FieldKind("picklist", "Status", 40, values=INVOICE_STATUSES),
     "po_number": FieldKind("text", "PO number", 80),

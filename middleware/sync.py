@@ -34,7 +34,7 @@ from marshmallow import ValidationError
 
 from . import balances
 from .bulk import placeholders, to_decimal, update_many, upsert
-from .db import database, sql_timestamp
+from .db import database, is_postgres, sql_timestamp
 from .fx import RateBook
 from .locks import LockBusy, exclusive
 from .mapping import CompiledMapping, FieldError, FieldSpec
@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "payment")
 CLOSED = ("voided", "deleted")
 ZERO = Decimal(0)
+# PostgreSQL's autovacuum_analyze_threshold and _scale_factor defaults: a run that wrote more
+# rows of a table than this analyzes it (_analyze_bulk_writes)
+ANALYZE_BASE_ROWS, ANALYZE_SCALE = 50, 0.1
 DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}
 HASHED_OBJECTS = frozenset(DELETABLE)  # the objects _classify compares by content hash (keyed by external_id)
 
@@ -767,6 +770,32 @@ class SyncService:
         return count
 
     # ------------------------------------------------------- after all objects
+    def _analyze_bulk_writes(self) -> None:
+        """On PostgreSQL, refresh the planner's statistics of the tables this run wrote in bulk.
+
+        After a first load the planner holds an empty table's statistics until autovacuum comes
+        by (never, on a server that runs without it), and plans the finishing pass's lookups on
+        them: at 1,000,000 invoices each lookup of 900 external ids took ~0.2 s instead of
+        milliseconds. A table is analyzed when this run wrote more rows than PostgreSQL's own
+        autovacuum rule tolerates (50 + 10 % of the rows the statistics know), so a first load
+        is analyzed and an ordinary incremental sync is not. ANALYZE samples a fixed number of
+        rows (about a second at 1M). SQLite plans these lookups by the unique index without
+        statistics."""
+        if not is_postgres():
+            return
+        written = {t: len(self._written[t]) for t in ("customer", "invoice", "credit_memo", "payment")}
+        written["application"] = written["payment"] + written["credit_memo"]
+        written = {t: n for t, n in written.items() if n > ANALYZE_BASE_ROWS}
+        if not written:
+            return
+        known = dict(database.execute_sql(
+            "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND relname IN "
+            f"({placeholders(len(written))}) AND relnamespace = current_schema()::regnamespace",
+            tuple(written)).fetchall())
+        for table, count in written.items():
+            if count > ANALYZE_BASE_ROWS + ANALYZE_SCALE * max(float(known.get(table, 0)), 0.0):
+                database.execute_sql(f'ANALYZE "{table}"')
+
     def _finish_documents(self) -> None:
         """Resolve late links of what this run wrote, recompute open amounts of touched invoices, revalue them.
 
@@ -774,6 +803,7 @@ class SyncService:
         incremental sync costs what it changed, not the size of the store.
         """
         written, unlinked = self._written, self._unlinked
+        self._analyze_bulk_writes()
         # (table, link, target table, reference column, key column, rows written without their link, kind)
         resolve = [
             ("invoice", "customer_id", "customer", "customer_external_id", "external_id", unlinked["invoice"], None),

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import pytest
-from rq import SimpleWorker
 
+from jobs.queues import InlineWorker
 from tests.e2e.conftest import login
 
 pytestmark = pytest.mark.e2e
@@ -16,7 +16,7 @@ def test_an_admin_retries_a_failed_job(page, console_url, make_user):
     make_user("ada@example.com", "admin", "Ada Admin")
     queue = get_queue("sync")
     job = queue.enqueue("jobs.sync.sync_erp", "gone-erp", description="sync of gone-erp")
-    SimpleWorker([queue], connection=get_redis()).work(burst=True)
+    InlineWorker([queue], connection=get_redis()).work(burst=True)
     assert job.get_status() == "failed"
 
     login(page, console_url, "ada@example.com")
@@ -39,7 +39,7 @@ def test_a_viewer_sees_failed_jobs_without_actions(page, console_url, make_user)
     make_user("vic@example.com", "viewer", "Vic Viewer")
     queue = get_queue("sync")
     job = queue.enqueue("jobs.sync.sync_erp", "gone-erp")
-    SimpleWorker([queue], connection=get_redis()).work(burst=True)
+    InlineWorker([queue], connection=get_redis()).work(burst=True)
     login(page, console_url, "vic@example.com")
     page.goto(console_url + "/ops/queues/sync/failed/")
     page.get_by_test_id(f"job-{job.id}").wait_for()

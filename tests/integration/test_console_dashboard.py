@@ -7,10 +7,9 @@ from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
-from rq import SimpleWorker
 
 from console import create_app
-from jobs.queues import get_queue, get_redis
+from jobs.queues import InlineWorker, get_queue, get_redis
 from middleware.models import Customer, Invoice, Payment, RejectedRecord, Source, SyncRun
 from middleware.people import create_user
 from middleware.settings import reset_settings
@@ -139,7 +138,7 @@ def test_a_large_store_is_computed_by_a_job_not_in_the_request(app, book, monkey
     client.get("/")  # a second visit does not queue a second job
     queue = get_queue("default")
     assert [j.func_name for j in queue.jobs] == ["jobs.dashboard.refresh_dashboard"]
-    SimpleWorker([queue], connection=get_redis()).work(burst=True)
+    InlineWorker([queue], connection=get_redis()).work(burst=True)
     assert "$1,850.00" in client.get("/").get_data(as_text=True)
 
 
@@ -149,7 +148,7 @@ def test_sync_and_queue_health_link_to_ops(app, book):
     RejectedRecord.create(run=run, source=book.source, object_name="invoice", external_id="X1",
                           raw={"id": "X1"}, reasons=[{"field": "due_date", "message": "missing"}])
     get_queue("dunning").enqueue("operator.truediv", 1, 0)
-    SimpleWorker([get_queue("dunning")], connection=get_redis()).work(burst=True)
+    InlineWorker([get_queue("dunning")], connection=get_redis()).work(burst=True)
     html = _login(app.test_client(), "ada@example.com").get("/").get_data(as_text=True)
     health = re.search(r'data-testid="sync-health">.*?</table>', html, re.S).group(0)
     assert "partial" in health and ">40<" in health and f'href="/ops/sync/{run.id}/#rejects"' in health

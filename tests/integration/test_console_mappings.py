@@ -6,12 +6,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from rq import SimpleWorker
 
 from connectors.sandbox import xero
 from connectors.sandbox.salesforce import SANDBOX_CREDENTIALS, Org, SalesforceServer
 from console import create_app
-from jobs.queues import get_queue, get_redis
+from jobs.queues import InlineWorker, get_queue, get_redis
 from jobs.sync import load_preset
 from middleware.models import AuditLog, FieldMapping, Source
 from middleware.people import create_user
@@ -44,7 +43,7 @@ def login(app, email):
 
 def run_jobs() -> None:
     """Drain the sync queue with a real RQ worker (in this process, burst mode)."""
-    SimpleWorker([get_queue("sync")], connection=get_redis()).work(burst=True)
+    InlineWorker([get_queue("sync")], connection=get_redis()).work(burst=True)
 
 
 def editor_form(html: str) -> dict:

@@ -6,11 +6,10 @@ import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from rq import SimpleWorker
 from rq.job import Job
 
 from console import create_app
-from jobs.queues import get_queue, get_redis
+from jobs.queues import InlineWorker, get_queue, get_redis
 from middleware.models import AuditLog, RejectedRecord, Source, SyncRun
 from middleware.people import create_user
 from tests.support.console import PASSWORD
@@ -46,7 +45,7 @@ def failed_job(db, redis_url):
     """A real sync job that failed in a real RQ worker: its source does not exist."""
     queue = get_queue("sync")
     job = queue.enqueue("jobs.sync.sync_erp", "gone-erp", description="sync of gone-erp")
-    SimpleWorker([queue], connection=get_redis()).work(burst=True)
+    InlineWorker([queue], connection=get_redis()).work(burst=True)
     assert job.get_status() == "failed"
     return job
 
@@ -108,7 +107,7 @@ def test_cancel_a_queued_and_a_scheduled_job(admin, db, redis_url):
 
 def test_queues_page_lists_workers_with_their_heartbeat(admin, db, redis_url):
     """A registered worker appears with its state and queues."""
-    worker = SimpleWorker([get_queue("dunning")], connection=get_redis(), name="ops-test-worker")
+    worker = InlineWorker([get_queue("dunning")], connection=get_redis(), name="ops-test-worker")
     worker.register_birth()
     try:
         page = admin.get("/ops/queues/").get_data(as_text=True)
