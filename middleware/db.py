@@ -46,6 +46,16 @@ def sql_timestamp(value: datetime) -> datetime | str:
     return value if is_postgres() else _adapt_datetime(value)
 
 
+def _unicode_lower(value):
+    return value.lower() if isinstance(value, str) else value
+
+
+def unicode_lower_sql(expression: str) -> str:
+    """SQL lower-casing ``expression`` in every script: PostgreSQL's LOWER() (Unicode under a UTF-8
+    ctype), on SQLite the ``arhub_lower`` function registered on each connection."""
+    return f"LOWER({expression})" if is_postgres() else f"arhub_lower({expression})"
+
+
 def register_sqlite_adapters() -> None:
     """Decimal as exact text, dates ISO, datetimes as naive UTC: what peewee's fields read back."""
     sqlite3.register_adapter(Decimal, str)
@@ -62,6 +72,8 @@ def connect(url: str):
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         register_sqlite_adapters()
         db = SqliteDatabase(path, pragmas=SQLITE_PRAGMAS, timeout=30)
+        # SQLite's LOWER() folds ASCII only ("ÉCOLE" stays "École"); Python's folds every script
+        db.register_function(_unicode_lower, "arhub_lower", 1, deterministic=True)
     elif scheme in ("postgres", "postgresql"):
         db = _connect_url(url.replace("postgres://", "postgresql://", 1))
     else:

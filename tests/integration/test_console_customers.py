@@ -371,10 +371,11 @@ def test_the_dashboards_overdue_link_lists_the_overdue_customers_most_first(clie
 # -- at scale the list reads indexes: what it shows must not change ----------------------------------------
 
 SEARCH_NAMES = ["Zoë's Café", "Müller & Söhne KG", 'O\'Brien "Quotes" Ltd', "100% Pure_Ltd", "1000 PureXLtd",
-                "Ærøskøbing Ferries", "東京商事 株式会社", "Straße Bau", "globex.de Holdings"]
+                "Ærøskøbing Ferries", "東京商事 株式会社", "Straße Bau", "globex.de Holdings", "ÉCOLE DU LOUVRE",
+                "ΑΘΗΝΑ Shipping"]
 SEARCHES = ["zoë's", "ZOË'S CAFÉ", "'s ca", "müller", "MÜLLER", "söhne", '"quotes"', "o'brien", "100%", "e_l",
             "_ltd", "ærø", "ÆRØ", "東京商", "straße", "globex.de", "@globex.de", "ap@globex.de", "CUST-003", "C2",
-            "zo", "%", "nothing like this"]
+            "zo", "%", "nothing like this", "école", "École du", "αθηνα", "ΑΘΉΝΑ"]
 
 
 def test_a_search_through_the_index_finds_what_the_plain_search_finds(client, book, monkeypatch):
@@ -401,6 +402,10 @@ def test_a_search_through_the_index_finds_what_the_plain_search_finds(client, bo
     assert indexed["@globex.de"] == ["Globex GmbH"] and indexed["globex.de"] == ["Globex GmbH", "globex.de Holdings"]
     assert indexed["CUST-003"] == ["Umbrella Corp"] and indexed["C2"] == ["Initech Inc."]  # ERP number, ERP id
     assert indexed["nothing like this"] == [] and "Zoë's Café (closed)" not in indexed["zoë's"]
+    # upper-case letters beyond ASCII are found by a lower-case search, and the other way round
+    assert indexed["ærø"] == indexed["ÆRØ"] == ["Ærøskøbing Ferries"]
+    assert indexed["école"] == indexed["École du"] == ["ÉCOLE DU LOUVRE"]
+    assert indexed["αθηνα"] == ["ΑΘΗΝΑ Shipping"] and indexed["ΑΘΉΝΑ"] == []  # accents are letters: Ή is not Η
 
 
 def test_the_search_index_follows_a_sync_that_renames_and_deletes_customers(db, sandbox):

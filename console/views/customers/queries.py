@@ -32,7 +32,7 @@ from typing import Iterator
 
 from middleware.ar import DEFAULT_EDGES, bucket_labels
 from middleware.bulk import placeholders, to_decimal
-from middleware.db import database, is_postgres
+from middleware.db import database, is_postgres, unicode_lower_sql
 
 SORTS = ("name", "open", "overdue", "oldest")
 STATUSES = {
@@ -255,8 +255,12 @@ def _customer_where(f: Filters, today: date) -> _Where:
         candidates = _search_candidates(needle, like, "%@" + domain, f.q)
         if candidates is not None:
             w.add(candidates[0], *candidates[1])
-        w.add('(LOWER(c."name") LIKE ? ESCAPE \'\\\' OR c."number" = ? OR c."external_id" = ? '
-              'OR LOWER(c."email") LIKE ?)', like, f.q, f.q, "%@" + domain)
+        # an ASCII needle matches through LOWER() (ASCII folding is all it needs, and SQLite's is
+        # native); a needle in another script through Unicode lower-casing ("école" finds "ÉCOLE")
+        fold = (lambda column: f"LOWER({column})") if needle.isascii() else unicode_lower_sql
+        name, email = fold('c."name"'), fold('c."email"')
+        w.add(f'({name} LIKE ? ESCAPE \'\\\' OR c."number" = ? OR c."external_id" = ? OR {email} LIKE ?)',
+              like, f.q, f.q, "%@" + domain)
     if f.collector == "none":
         w.add('c."collector" IS NULL')
     elif f.collector:
