@@ -10,7 +10,7 @@ and ``datetime`` (naive UTC), so no per-value conversion runs in Python. Callers
 """
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from decimal import Decimal
 from functools import lru_cache
 from typing import Iterable, Sequence

@@ -56,7 +56,7 @@ from datetime import datetime
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from peewee import chunked, fn
+from peewee import chunked
 from rapidfuzz import fuzz, process
 
 from .bulk import update_many, upsert

@@ -20,7 +20,6 @@ import json
 import logging
 import re
 import threading
-from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes

@@ -22,9 +22,9 @@ import json
 import logging
 from collections import namedtuple
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 from .ar import customer_fingerprints, customer_snapshots
 from .bulk import placeholders, to_decimal, update_many, upsert

@@ -15,7 +15,7 @@ from decimal import Decimal
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from flask import current_app, request, url_for
+from flask import current_app, request
 from flask_admin import expose
 from flask_login import current_user
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import sqlite3
 import subprocess
@@ -13,7 +12,6 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
-import pytest
 
 from connectors.sandbox.book import Book
 from connectors.sandbox.netsuite import SANDBOX_CREDENTIALS

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
 from rq import Retry
 
 from jobs.dunning import enqueue_dunning_email

@@ -20,7 +20,7 @@ from lxml import etree
 
 from connectors.sandbox.book import Book
 from connectors.sandbox.faults import Fault
-from connectors.sandbox.netsuite import CONTRACT_DIR, NS, SANDBOX_CREDENTIALS as CREDS, make_app
+from connectors.sandbox.netsuite import CONTRACT_DIR, NS, SANDBOX_CREDENTIALS as CREDS
 
 SOAP = "http://schemas.xmlsoap.org/soap/envelope/"
 MSGS, CORE, COMMON = NS["platformMsgs"], NS["platformCore"], NS["platformCommon"]

@@ -1,7 +1,7 @@
 """ERP → store sync against the NetSuite SOAP emulator over real HTTP, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest

@@ -113,7 +113,7 @@ class _Seeder:
         return seq[int(self.r() * len(seq))]
 
     def run(self) -> None:
-        org, book, r, pick, truth = self.org, self.book, self.r, self.pick, self.truth
+        book, r, pick, truth = self.book, self.r, self.pick, self.truth
         as_of_midnight = datetime.combine(book.as_of, datetime.min.time(), UTC)
         users = self.seed_users()
         active = [u for u, is_active in users if is_active]
@@ -174,7 +174,7 @@ class _Seeder:
 
     def seed_prospects(self, customers, count: int, active: list[str]) -> None:
         """Accounts with no ERP customer behind them (Type Prospect)."""
-        org, r, pick, book = self.org, self.r, self.pick, self.book
+        r, pick, book = self.r, self.pick, self.book
         stems = [c.name.rsplit(" ", 1)[0] for c in customers[:500]] or ["Prospect Holdings Inc."]
         next_number = (max(book.customers) if book.customers else 0) + 1
         as_of_midnight = datetime.combine(book.as_of, datetime.min.time(), UTC)

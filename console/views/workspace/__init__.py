@@ -12,7 +12,7 @@ on anyone's. docs/console-workspace.md describes the pages.
 """
 from __future__ import annotations
 
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from zoneinfo import ZoneInfo
 
