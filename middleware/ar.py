@@ -59,31 +59,28 @@ every date of a trend, over one join with the applications. On PostgreSQL (exact
 converts, rounds and sums each line, so only (customer, currency, bucket) cells come back; on SQLite
 (DECIMAL stored as floats) the open lines come back as exact integer ten-thousandths and are converted
 and rounded in Python. Credits unapplied on D, sales per day and days to pay are grouped in SQL.
+
+Where the code lives: the constants, SQL helpers, as-of row statements and open cells are in
+:mod:`middleware.ar_sql`; ``CustomerAR``, ``customer_snapshots`` and ``customer_fingerprints`` are in
+:mod:`middleware.ar_snapshots`. This module re-exports the names other modules import from it.
 """
 from __future__ import annotations
 
 import bisect
-import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Iterable, Iterator, Sequence
 
-from .bulk import placeholders, to_decimal
-from .db import database, is_postgres
+# DEFAULT_EDGES, money_from_sql, sql_days and sql_money are also re-exported (other modules import them from here)
+from .ar_sql import (DEFAULT_EDGES, NOT_RECEIVABLE, VOID, ZERO, _as_date, _Closing, _norm_ids, _open_cells,
+                     _open_invoice_rows, _ph, _quoted, _rows, _unapplied_rows, money_from_sql, sql_days, sql_money)
+from .ar_sql import OPEN_STATUSES  # noqa: F401  (re-exported: other modules import it from middleware.ar)
+from .ar_snapshots import CustomerAR, customer_fingerprints, customer_snapshots  # noqa: F401  (re-exported)
 from .fx import RateBook
-from .schemas import minor_units
 
-ZERO = Decimal(0)
-DEFAULT_EDGES = (30, 60, 90)
 COUNTBACK_MONTHS = 24
-OPEN_STATUSES = ("open",)  # the status the store gives an invoice open *today* (as-of figures: NOT_RECEIVABLE)
-NOT_RECEIVABLE = ("draft", "voided", "deleted")  # invoices out of AR on every date
-VOID = ("voided", "deleted")  # credit memos out on every date
-CHUNK = 900  # customer ids per IN (...) list
-WHOLE_TABLE_ABOVE = 5000  # more customer ids than this, and at least 1/WHOLE_TABLE_SHARE of all customers:
-WHOLE_TABLE_SHARE = 4  # one pass over the table, filtered in Python (fewer: IN lists over the indexes)
 
 
 # ---------------------------------------------------------------------------- results
@@ -220,39 +217,6 @@ class TrendPoint:
     fx_missing: int  # documents left out of this point for want of a rate
 
 
-@dataclass
-class CustomerAR:
-    """One customer's AR on ``as_of`` (the Salesforce write-back's figures)."""
-
-    customer_id: int
-    reporting_currency: str
-    open_reporting: Decimal = ZERO
-    overdue_reporting: Decimal = ZERO
-    buckets: list[Decimal] = field(default_factory=list)  # current, 1–30, 31–60, 61–90, 91+ (reporting)
-    open_by_currency: dict[str, Decimal] = field(default_factory=dict)  # billing currency → open amount
-    unapplied_reporting: Decimal = ZERO
-    unapplied_by_currency: dict[str, Decimal] = field(default_factory=dict)
-    open_count: int = 0
-    overdue_count: int = 0
-    oldest_due: date | None = None
-    oldest_overdue_days: int = 0
-    fx_missing: int = 0
-    last_payment_date: date | None = None
-    last_payment_reporting: Decimal | None = None
-    net_sales_reporting: Decimal = ZERO
-    add_days: Decimal | None = None
-    overdue_by_currency: dict[str, Decimal] = field(default_factory=dict)
-    dso_days: Decimal | None = None
-    bpdso_days: Decimal | None = None
-
-    @property
-    def balance_reporting(self) -> Decimal:
-        return self.open_reporting - self.unapplied_reporting
-
-    def balance_in(self, currency: str) -> Decimal:
-        return self.open_by_currency.get(currency, ZERO) - self.unapplied_by_currency.get(currency, ZERO)
-
-
 def bucket_labels(edges: Sequence[int] = DEFAULT_EDGES) -> list[str]:
     labels, low = ["current"], 1
     for edge in edges:
@@ -266,164 +230,7 @@ def bucket_index(days_past_due: int, edges: Sequence[int] = DEFAULT_EDGES) -> in
     return 0 if days_past_due <= 0 else 1 + bisect.bisect_left(edges, days_past_due)
 
 
-# ------------------------------------------------------------------------ SQL helpers
-def _ph() -> str:
-    return placeholders(1)
-
-
-def sql_money(column: str) -> str:
-    """An exact money expression: integer ten-thousandths on SQLite (floats there), numeric on PostgreSQL."""
-    return column if is_postgres() else f"CAST(ROUND({column} * 10000) AS INTEGER)"
-
-
-def money_from_sql(value) -> Decimal:
-    if value is None:
-        return ZERO
-    if is_postgres():
-        return to_decimal(value)
-    return Decimal(int(value)).scaleb(-4)
-
-
-def sql_days(later: str, earlier: str) -> str:
-    """Whole days from ``earlier`` to ``later`` (date columns or a date parameter)."""
-    if is_postgres():
-        return f"(CAST({later} AS date) - CAST({earlier} AS date))"
-    return f"CAST(julianday({later}) - julianday({earlier}) AS INTEGER)"
-
-
-def _as_date(value) -> date:
-    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
-
-
-def _quoted(values: Sequence[str]) -> str:
-    return ", ".join(f"'{v}'" for v in values)  # module constants only
-
-
-def _rows(sql: str, before: tuple, after: tuple, ids: Sequence[int] | None, column: str,
-          whole: tuple[str, tuple] | None = None) -> Iterator[tuple]:
-    """Run ``sql`` (with a ``{filter}`` slot after its WHERE) for ``ids`` on ``column`` (None: every row).
-
-    Rows start with the customer id. Many ids: one pass over the table, filtered here. ``whole``:
-    another (statement, args) for that pass, shaped for a whole table rather than a few customers."""
-    if _whole_table(ids):
-        statement, args = whole or (sql.replace("{filter}", ""), before + after)
-        wanted = None if ids is None else set(ids)
-        for row in database.execute_sql(statement, args).fetchall():
-            if wanted is None or row[0] in wanted:
-                yield row
-        return
-    for start in range(0, len(ids), CHUNK):
-        part = ids[start:start + CHUNK]
-        frag = f" AND {column} IN ({placeholders(len(part))})"
-        yield from database.execute_sql(sql.replace("{filter}", frag), before + tuple(part) + after).fetchall()
-
-
-def _whole_table(ids: Sequence[int] | None) -> bool:
-    """Read every row rather than the rows of ``ids``? Yes for all customers, or for many ids that
-    are a good share of all customers (an incremental Salesforce push asks for a few thousand of
-    150,000: their rows through the customer indexes cost a fraction of a pass over the table)."""
-    if ids is None:
-        return True
-    if len(ids) <= WHOLE_TABLE_ABOVE:
-        return False
-    total = database.execute_sql('SELECT COUNT(*) FROM "customer"').fetchone()[0]
-    return len(ids) * WHOLE_TABLE_SHARE >= total
-
-
-def _norm_ids(customer_ids: Iterable[int] | None) -> list[int] | None:
-    return None if customer_ids is None else sorted(set(customer_ids))
-
-
-# ------------------------------------------------------------------ rows as of a date
-def _open_invoice_rows(dates: Sequence[date], ids: Sequence[int] | None, detail: bool = False,
-                       wrap: tuple[str, str, tuple] | None = None) -> Iterator[tuple]:
-    """Invoices open on any of ``dates``, in one pass: (customer id, currency, days past due on ``dates[0]``,
-    open amount on each date as SQL gave it[, id, number, amount, applied, issue date, due date] (one date only)).
-
-    ``wrap``: (prefix, suffix, args after) around the statement, which becomes a subquery ``t``."""
-    p = _ph()
-    amount = sql_money("i.amount")
-    last = max(dates)
-    if len(dates) == 1:
-        applied = f'COALESCE(SUM({sql_money("a.amount")}), 0)'
-        opens, open_args = [f"{amount} - {applied}"], ()
-    else:  # one join up to the last date; what each date saw, by conditional sums
-        opens = [f'CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(SUM(CASE WHEN a."date" <= {p} '
-                 f'THEN {sql_money("a.amount")} END), 0) ELSE 0 END' for _ in dates]
-        open_args = tuple(d for day in dates for d in (day, day))
-    cols = f'i.customer_id AS cid, i.currency AS cur, {sql_days(p, "i.due_date")} AS dpd, ' + ", ".join(
-        f"{expr} AS o{k}" for k, expr in enumerate(opens))
-    group = "i.id, i.customer_id, i.currency, i.due_date, i.amount, i.issue_date"
-    if detail:
-        if len(dates) != 1:
-            raise ValueError("invoice details for one date at a time")
-        cols += (f", i.id AS inv, i.number AS num, {amount} AS amt, {applied} AS app, i.issue_date AS iss, "
-                 f"i.due_date AS due")
-        group += ", i.number"
-    inner = (f'SELECT {cols} FROM invoice i LEFT JOIN application a ON a.invoice_id = i.id AND a."date" <= {p} '
-             f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL"
-             f"{{filter}} GROUP BY {group}")
-    keep = " OR ".join(f"t.o{k} > 0" for k in range(len(opens)))
-    sql = f"SELECT * FROM ({inner}) t WHERE {keep}"
-    # the whole table: applications summed per invoice first, then one hash join (no group over invoices)
-    sums = ", ".join(f'SUM(CASE WHEN "date" <= {p} THEN {sql_money("amount")} ELSE 0 END) AS s{k}' for k in range(len(dates)))
-    agg = (f'SELECT invoice_id, {sums} FROM application WHERE "date" <= {p} AND invoice_id IS NOT NULL '
-           f"GROUP BY invoice_id")
-    whole_cols = f'i.customer_id AS cid, i.currency AS cur, {sql_days(p, "i.due_date")} AS dpd, ' + ", ".join(
-        f"CASE WHEN i.issue_date <= {p} THEN {amount} - COALESCE(x.s{k}, 0) ELSE 0 END AS o{k}"
-        for k in range(len(dates)))
-    if detail:
-        whole_cols += (f", i.id AS inv, i.number AS num, {amount} AS amt, COALESCE(x.s0, 0) AS app, "
-                       f"i.issue_date AS iss, i.due_date AS due")
-    whole = (f"SELECT * FROM (SELECT {whole_cols} FROM invoice i LEFT JOIN ({agg}) x ON x.invoice_id = i.id "
-             f"WHERE i.issue_date <= {p} AND i.status NOT IN ({_quoted(NOT_RECEIVABLE)}) AND i.deleted_at IS NULL) t "
-             f"WHERE {keep}")
-    whole_args = (dates[0], *dates, *dates, last, last)
-    after: tuple = ()
-    if wrap is not None:
-        sql, whole, after = wrap[0] + sql + wrap[1], wrap[0] + whole + wrap[1], wrap[2]
-    return _rows(sql, (dates[0], *open_args, last, last), after, ids, "i.customer_id", (whole, whole_args + after))
-
-
-def _unapplied_rows(as_of: date, ids: Sequence[int] | None) -> Iterator[tuple]:
-    """Payments and credit memos with credit not applied on ``as_of``: (customer id, currency, unapplied)."""
-    p = _ph()
-    for table, kind in (("payment", "payment"), ("credit_memo", "credit_memo")):
-        unapplied = f'{sql_money("d.amount")} - COALESCE(SUM({sql_money("a.amount")}), 0)'
-        status = f" AND d.status NOT IN ({_quoted(VOID)})" if table == "credit_memo" else ""
-        sql = (f"SELECT d.customer_id, d.currency, {unapplied} FROM {table} d LEFT JOIN application a "
-               f"ON a.source_id = d.source_id AND a.doc_kind = '{kind}' AND a.doc_external_id = d.external_id "
-               f"AND a.\"date\" <= {p} WHERE d.\"date\" <= {p} AND d.deleted_at IS NULL{status}{{filter}} "
-               f"GROUP BY d.id, d.customer_id, d.currency, d.amount HAVING {unapplied} > 0")
-        agg = (f'SELECT source_id, doc_external_id, SUM({sql_money("amount")}) AS s FROM application '
-               f'WHERE doc_kind = \'{kind}\' AND "date" <= {p} GROUP BY source_id, doc_external_id')
-        left = f'{sql_money("d.amount")} - COALESCE(x.s, 0)'
-        whole = (f"SELECT d.customer_id, d.currency, {left} FROM {table} d LEFT JOIN ({agg}) x "
-                 f"ON x.source_id = d.source_id AND x.doc_external_id = d.external_id "
-                 f'WHERE d."date" <= {p} AND d.deleted_at IS NULL{status} AND {left} > 0')
-        yield from _rows(sql, (as_of, as_of), (), ids, "d.customer_id", (whole, (as_of, as_of)))
-
-
-class _Closing:
-    """The closing rate of one day per billing currency (cached), and per-line conversion."""
-
-    def __init__(self, book: RateBook, day: date):
-        self.book, self.day = book, day
-        self.quantum = Decimal(1).scaleb(-minor_units(book.reporting))
-        self._rates: dict[str, tuple | None] = {}
-
-    def found(self, currency: str):
-        if currency not in self._rates:
-            self._rates[currency] = self.book.rate(currency, self.day)
-        return self._rates[currency]
-
-    def convert(self, amount: Decimal, currency: str) -> Decimal | None:
-        found = self.found(currency)
-        if found is None:
-            return None
-        return (amount * found[0]).quantize(self.quantum, rounding=ROUND_HALF_UP)
-
-
+# ------------------------------------------------------------------ tallies on a date
 class _Gaps:
     """Missing-rate tallies: (kind, currency) → [documents, amount, first date, last date]."""
 
@@ -441,99 +248,6 @@ class _Gaps:
 
     def listed(self) -> list[FxGap]:
         return [FxGap(k, c, n, a, f, t) for (k, c), (n, a, f, t) in sorted(self.cells.items())]
-
-
-Cells = dict  # (customer id or None, currency, bucket) → [billing, reporting, count, missing, missing amount, max days]
-
-
-def _open_cells(dates: Sequence[date], ids: Sequence[int] | None, edges: Sequence[int], book: RateBook,
-                per_customer: bool) -> tuple[list[Cells], int]:
-    """Invoices open on each of ``dates``, summed per (customer or None, currency, bucket): the billing
-    amount, the reporting amount at that date's closing rate (each line rounded half up on its own),
-    the count, the lines without a rate and their amount, the most days past due. Also the number of
-    customers with an invoice open on ``dates[0]``. One SQL pass over the invoices for all the dates."""
-    if is_postgres():
-        return _open_cells_sql(dates, ids, tuple(edges), book, per_customer)
-    return _open_cells_python(dates, ids, tuple(edges), book, per_customer)
-
-
-def _open_cells_sql(dates, ids, edges, book, per_customer) -> tuple[list[Cells], int]:
-    """PostgreSQL: numeric is exact, so ROUND(open × rate) per line and the sums run in the database."""
-    p = _ph()
-    offsets = [(day - dates[0]).days for day in dates]
-    known = [c for (c,) in database.execute_sql(
-        f"SELECT DISTINCT currency FROM fx_rate WHERE base_currency = {p}", (book.reporting,)).fetchall()]
-    rates, rate_args = [], []
-    for k, day in enumerate(dates):
-        for currency in sorted({*known, book.reporting}):
-            found = book.rate(currency, day)
-            if found is not None:
-                rates.append(f"({k}, CAST({p} AS varchar), CAST({p} AS numeric))")
-                rate_args += [currency, found[0]]
-    rates_sql = (f"(VALUES {', '.join(rates)}) r(k, cur, rate)" if rates
-                 else "(SELECT 0 AS k, CAST(NULL AS varchar) AS cur, CAST(NULL AS numeric) AS rate) r")
-    lateral = ", ".join(f"({k}, t.o{k}, t.dpd + {off})" for k, off in enumerate(offsets))  # integers: literals
-    bucket = ("CASE WHEN v.dpd <= 0 THEN 0 " + " ".join(f"WHEN v.dpd <= {int(e)} THEN {i + 1}" for i, e in
-                                                       enumerate(edges)) + f" ELSE {len(edges) + 1} END")
-    key = "t.cid" if per_customer else "CAST(NULL AS integer)"
-    groups = f"t.cid, v.k, t.cur, {bucket}" if per_customer else f"GROUPING SETS ((v.k, t.cur, {bucket}), ())"
-    prefix = (f"SELECT {key}, v.k, t.cur, {bucket}, SUM(v.amt), SUM(ROUND(v.amt * r.rate, "
-              f"{minor_units(book.reporting)})), COUNT(*), COUNT(*) - COUNT(r.rate), "
-              f"SUM(CASE WHEN r.rate IS NULL THEN v.amt ELSE 0 END), MAX(v.dpd), "
-              f"COUNT(DISTINCT t.cid) FILTER (WHERE v.k = 0), {'0' if per_customer else 'GROUPING(v.k)'} FROM (")
-    suffix = (f") t CROSS JOIN LATERAL (VALUES {lateral}) v(k, amt, dpd) LEFT JOIN {rates_sql} "
-              f"ON r.k = v.k AND r.cur = t.cur WHERE v.amt > 0 GROUP BY {groups}")
-    cells: list[Cells] = [{} for _ in dates]
-    customers = 0
-    for key_, k, currency, b, billing, rep, count, missing, missing_amount, max_dpd, distinct, total in \
-            _open_invoice_rows(dates, ids, wrap=(prefix, suffix, tuple(rate_args))):
-        if total:
-            customers = distinct
-            continue
-        cells[k][(key_, currency, b)] = [billing, rep or ZERO, count, missing, missing_amount, max_dpd]
-    return cells, customers
-
-
-def _open_cells_python(dates, ids, edges, book, per_customer) -> tuple[list[Cells], int]:
-    """SQLite: DECIMAL columns are floats there, so lines come back as exact integer ten-thousandths and
-    are converted and rounded here."""
-    closings = [_Closing(book, day) for day in dates]
-    offsets = [(day - dates[0]).days for day in dates]
-    unit, quantum, half_up = Decimal("0.0001"), closings[0].quantum, ROUND_HALF_UP
-    unit_rates: list[dict[str, Decimal | None]] = [{} for _ in dates]
-    cells: list[Cells] = [{} for _ in dates]
-    seen: set[int] = set()
-    for cid, currency, dpd0, *opens in _open_invoice_rows(dates, ids):
-        if cid is not None and opens[0] > 0:
-            seen.add(cid)
-        key = cid if per_customer else None
-        for k, raw in enumerate(opens):
-            if raw <= 0:
-                continue
-            dpd = dpd0 + offsets[k]
-            b = 0 if dpd <= 0 else 1 + bisect.bisect_left(edges, dpd)
-            cell = cells[k].get((key, currency, b))
-            if cell is None:
-                cell = cells[k][(key, currency, b)] = [0, ZERO, 0, 0, 0, dpd]
-            cell[0] += raw
-            cell[2] += 1
-            rates = unit_rates[k]
-            if currency in rates:
-                rate = rates[currency]
-            else:
-                found = closings[k].found(currency)
-                rate = rates[currency] = None if found is None else found[0] * unit
-            if rate is None:
-                cell[3] += 1
-                cell[4] += raw
-            else:
-                cell[1] += (raw * rate).quantize(quantum, rounding=half_up)
-            if dpd > cell[5]:
-                cell[5] = dpd
-    for by_key in cells:
-        for cell in by_key.values():
-            cell[0], cell[4] = money_from_sql(cell[0]), money_from_sql(cell[4])
-    return cells, len(seen)
 
 
 class _Tally:
@@ -786,125 +500,3 @@ def trend(as_of: date, points: int = 12, step_days: int = 30, *, reporting_curre
         out.append(TrendPoint(day, total, current, sales, dso, countback(total, day, daily), bpdso, add, cei,
                               gaps + opening_gaps + flow_gaps))
     return out
-
-
-def customer_snapshots(customer_ids: Iterable[int] | None, *, as_of: date, reporting_currency: str,
-                       edges: Sequence[int] = DEFAULT_EDGES, period_days: int = 90,
-                       book: RateBook | None = None) -> dict[int, CustomerAR]:
-    """``{customer id: CustomerAR}`` on ``as_of`` for ``customer_ids`` (None: every customer with AR activity).
-
-    Open amounts, buckets and unapplied credits are as of ``as_of`` at its closing rate; the last
-    payment is the latest dated on or before it; ADD (= DSO − BPDSO) covers the ``period_days`` ending on it."""
-    ids = _norm_ids(customer_ids)
-    book = book or RateBook.load(reporting_currency)
-    n = len(edges) + 2
-    out: dict[int, CustomerAR] = {}
-
-    def get(cid: int) -> CustomerAR:
-        snap = out.get(cid)
-        if snap is None:
-            snap = out[cid] = CustomerAR(cid, reporting_currency, buckets=[ZERO] * n)
-        return snap
-
-    cells, _ = _open_cells([as_of], ids, edges, book, per_customer=True)
-    for (cid, currency, b), (billing, rep, count, missing, _, max_dpd) in cells[0].items():
-        if cid is None:
-            continue
-        snap = get(cid)
-        snap.buckets[b] += rep
-        snap.open_by_currency[currency] = snap.open_by_currency.get(currency, ZERO) + billing
-        snap.open_count += count
-        snap.fx_missing += missing
-        if b:
-            snap.overdue_reporting += rep
-            snap.overdue_by_currency[currency] = snap.overdue_by_currency.get(currency, ZERO) + billing
-            snap.overdue_count += count
-            snap.oldest_overdue_days = max(snap.oldest_overdue_days, max_dpd)
-    closing = _Closing(book, as_of)
-    for cid, currency, raw in _unapplied_rows(as_of, ids):
-        if cid is None:
-            continue
-        snap, amount = get(cid), money_from_sql(raw)
-        snap.unapplied_by_currency[currency] = snap.unapplied_by_currency.get(currency, ZERO) + amount
-        rep = closing.convert(amount, currency)
-        if rep is None:
-            snap.fx_missing += 1
-        else:
-            snap.unapplied_reporting += rep
-    for snap in out.values():
-        snap.open_reporting = sum(snap.buckets, ZERO)
-        if snap.overdue_count:
-            snap.oldest_due = as_of - timedelta(days=snap.oldest_overdue_days)
-    _last_payments(out, get, ids, as_of)
-    _net_sales(get, ids, as_of, period_days)
-    for snap in out.values():
-        if snap.net_sales_reporting > 0:
-            snap.dso_days = snap.open_reporting * period_days / snap.net_sales_reporting
-            snap.bpdso_days = snap.buckets[0] * period_days / snap.net_sales_reporting
-            snap.add_days = snap.dso_days - snap.bpdso_days
-    return out
-
-
-def _last_payments(out: dict, get, ids: Sequence[int] | None, as_of: date) -> None:
-    p = _ph()
-    sql = (f"SELECT p.customer_id, p.\"date\", SUM({sql_money('p.amount_reporting')}), COUNT(p.amount_reporting) "
-           f"FROM payment p "
-           f"JOIN (SELECT customer_id, MAX(\"date\") AS d FROM payment WHERE deleted_at IS NULL AND \"date\" <= {p} "
-           f"AND customer_id IS NOT NULL{{filter}} GROUP BY customer_id) m "
-           f"ON p.customer_id = m.customer_id AND p.\"date\" = m.d WHERE p.deleted_at IS NULL "
-           f"GROUP BY p.customer_id, p.\"date\"")
-    for cid, day, amount, converted in _rows(sql, (as_of,), (), ids, "customer_id"):
-        snap = get(cid)
-        snap.last_payment_date = _as_date(day)
-        snap.last_payment_reporting = money_from_sql(amount) if converted else None
-
-
-def _net_sales(get, ids: Sequence[int] | None, as_of: date, period_days: int) -> None:
-    p = _ph()
-    start = as_of - timedelta(days=period_days)  # the period is (start, as_of]
-    sales: dict[int, Decimal] = defaultdict(lambda: ZERO)
-    for table, day_col, out, sign in (("invoice", "issue_date", NOT_RECEIVABLE, 1),
-                                      ("credit_memo", '"date"', VOID, -1)):
-        sql = (f"SELECT customer_id, SUM({sql_money('amount_reporting')}) FROM {table} WHERE {day_col} > {p} "
-               f"AND {day_col} <= {p} AND deleted_at IS NULL AND customer_id IS NOT NULL "
-               f"AND status NOT IN ({_quoted(out)}){{filter}} GROUP BY customer_id")
-        for cid, amount in _rows(sql, (start, as_of), (), ids, "customer_id"):
-            sales[cid] += sign * money_from_sql(amount)
-    for cid, amount in sales.items():
-        get(cid).net_sales_reporting = amount
-
-
-def customer_fingerprints(customer_ids: Iterable[int] | None = None) -> dict[int, str]:
-    """``{customer id: digest}`` of the stored rows :func:`customer_snapshots` computes a customer's
-    figures from, other than FX rates: its invoices, payments and credit memos (how many, which,
-    when each was last written or deleted) and the applications to its invoices (which, how much,
-    dated when). A digest that did not change means none of those rows did, so the customer's
-    snapshot on the same date, with the same rates, is the same (the Salesforce push skips it).
-
-    Every write of the sync stamps ``updated_at`` (a deletion ``deleted_at``); the amounts it derives
-    without a stamp (open amounts, revaluations) follow from applications, which are summed here,
-    or from rates, which the caller fingerprints (:meth:`RateBook.fingerprint`). A document moving
-    to another customer changes both customers' digests. One grouped statement per table; only
-    customers with at least one such row are in the result."""
-    ids = _norm_ids(customer_ids)
-    parts: dict[int, list[str]] = defaultdict(list)
-    stamp = ("SUM(EXTRACT(EPOCH FROM {0}))" if is_postgres()
-             else "SUM(CAST(ROUND((julianday({0}) - 2460000) * 86400000) AS INTEGER))")  # exact sums
-
-    def text(tag: str, *figures: str) -> str:  # one string per group, built by the database
-        return f"'{tag}'" + "".join(f" || ',' || COALESCE(CAST({f} AS TEXT), '')" for f in figures)
-
-    for table in ("invoice", "payment", "credit_memo"):
-        figures = text(table, "COUNT(*)", "SUM(id)", "MAX(updated_at)", stamp.format("updated_at"),
-                       "COUNT(deleted_at)", "MAX(deleted_at)", stamp.format("deleted_at"))
-        sql = f"SELECT customer_id, {figures} FROM {table} WHERE customer_id IS NOT NULL{{filter}} GROUP BY customer_id"
-        for cid, figures_text in _rows(sql, (), (), ids, "customer_id"):
-            parts[cid].append(figures_text)
-    day = sql_days('a."date"', "'2000-01-01'")
-    figures = text("applied", "COUNT(*)", "SUM(a.id)", f"SUM({sql_money('a.amount')})", f"SUM({day})", 'MAX(a."date")')
-    sql = (f"SELECT i.customer_id, {figures} FROM application a JOIN invoice i ON i.id = a.invoice_id "
-           f"WHERE i.customer_id IS NOT NULL{{filter}} GROUP BY i.customer_id")
-    for cid, figures_text in _rows(sql, (), (), ids, "i.customer_id"):
-        parts[cid].append(figures_text)
-    md5 = hashlib.md5
-    return {cid: md5("|".join(items).encode()).hexdigest() for cid, items in parts.items()}
