@@ -13,53 +13,36 @@ Guarantees (each has a test):
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
-import os
-import pickle
-import queue
-import signal
-import threading
 import time
-import traceback
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-from marshmallow import ValidationError
-
-from . import balances
-from .bulk import placeholders, to_decimal, update_many, upsert
-from .db import database, is_postgres, sql_timestamp
+from .db import database
 from .fx import RateBook
 from .locks import LockBusy, exclusive
-from .mapping import CompiledMapping, FieldError, FieldSpec
+from .mapping import CompiledMapping, FieldSpec
 from .mapping import preview as preview_mapping
 from .models import (
-    Application, Contact, CreditMemo, Currency, Customer, FieldMapping, FxRate, Invoice, Payment,
-    RejectedRecord, RunStatus, Source, SyncCursor, SyncRun, utcnow,
+    Application, CreditMemo, FieldMapping, Payment, RejectedRecord, RunStatus, Source, SyncCursor, SyncRun, utcnow,
 )
-from .schemas import FAST_LOADERS, flatten_messages, minor_units
+from .sync_pipeline import (
+    SyncError, _PageMeta, _Prepared, _prepare_chunk, prefetch, prepare_in_process, validate_record,
+)
+from .sync_store import StoreWriter
+
+# re-exported: these lived here before the page preparation and the store writes moved out
+from .sync_pipeline import DELETABLE, HASHED_OBJECTS, content_hash  # noqa: F401
+from .sync_store import ANALYZE_BASE_ROWS, ANALYZE_SCALE, CLOSED, ZERO  # noqa: F401
 
 log = logging.getLogger(__name__)
 
 #: canonical objects in dependency order (rates before documents, customers before invoices)
 OBJECT_ORDER = ("currency", "fx_rate", "customer", "invoice", "credit_memo", "payment")
-CLOSED = ("voided", "deleted")
-ZERO = Decimal(0)
-# PostgreSQL's autovacuum_analyze_threshold and _scale_factor defaults: a run that wrote more
-# rows of a table than this analyzes it (_analyze_bulk_writes)
-ANALYZE_BASE_ROWS, ANALYZE_SCALE = 50, 0.1
-DELETABLE = {"customer": Customer, "invoice": Invoice, "credit_memo": CreditMemo, "payment": Payment}
-HASHED_OBJECTS = frozenset(DELETABLE)  # the objects _classify compares by content hash (keyed by external_id)
-
-
-class SyncError(RuntimeError):
-    """A sync that could not run at all (no such source, a broken mapping definition)."""
 
 
 class SyncAlreadyRunning(SyncError):
@@ -95,14 +78,6 @@ class ObjectStats:
         return out
 
 
-def content_hash(record: dict) -> str:
-    """Stable hash of a canonical record's content (the ERP's modified stamp excluded); a nested
-    object (``billing_address``) counts by its sorted items, whatever order the mapping built it in."""
-    payload = repr(sorted((k, sorted(v.items()) if v.__class__ is dict else v)
-                          for k, v in record.items() if k != "erp_modified_at"))
-    return hashlib.md5(payload.encode("utf-8"), usedforsecurity=False).hexdigest()
-
-
 def _mapping_for(source: Source, object_name: str) -> CompiledMapping:
     rows = (FieldMapping.select()
             .where((FieldMapping.source == source) & (FieldMapping.object_name == object_name)
@@ -122,27 +97,11 @@ def preview(source: Source, object_name: str, sample: dict) -> dict:
                            validate=lambda record: validate_record(object_name, record)[1])
 
 
-def validate_record(object_name: str, record: dict) -> tuple[dict | None, list[FieldError]]:
-    try:
-        return FAST_LOADERS[object_name].load(record), []
-    except ValidationError as exc:
-        return None, [FieldError(name, msg, None, _dig(record, name)) for name, msg in flatten_messages(exc.messages)]
+class SyncService(StoreWriter):
+    """Runs one source's pull. Connector in, counts and a ``SyncRun`` out.
 
-
-def _dig(record: dict, name: str):
-    value: Any = record
-    for part in name.replace("]", "").replace("[", ".").split("."):
-        if isinstance(value, dict):
-            value = value.get(part)
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value if not isinstance(value, (dict, list)) else None
-
-
-class SyncService:
-    """Runs one source's pull. Connector in, counts and a ``SyncRun`` out."""
+    The store writes are inherited from :class:`middleware.sync_store.StoreWriter`; pages are
+    prepared by :mod:`middleware.sync_pipeline`."""
 
     def __init__(self, source: Source, connector: ErpPort, *, reporting_currency: str = "USD",
                  chunk_size: int = 2000, overlap_seconds: int = 300, clock: Callable[[], datetime] = utcnow,
@@ -496,370 +455,6 @@ class SyncService:
             self._close(run, totals, per_object, errors, {}, status)
             return run
 
-    # ------------------------------------------------------------ helpers
-    def _existing(self, model, ext_ids: list[str], *extra) -> dict[str, tuple]:
-        """external_id → (id, content_hash, *extra) for the rows that exist."""
-        out: dict[str, tuple] = {}
-        table = model._meta.table_name
-        cols = ", ".join(f'"{c}"' for c in ("external_id", "id", "content_hash", *extra))
-        for start in range(0, len(ext_ids), 900):
-            part = ext_ids[start:start + 900]
-            sql = (f'SELECT {cols} FROM "{table}" WHERE "source_id" = {placeholders(1)} '
-                   f'AND "external_id" IN ({placeholders(len(part))})')
-            for row in database.execute_sql(sql, (self.source.id, *part)).fetchall():
-                out[row[0]] = row[1:]
-        return out
-
-    def customer_ids(self) -> dict[str, int]:
-        if self._customer_ids is None:  # raw rows: through peewee's row wrappers, 150,000 took 0.8 s
-            self._customer_ids = dict(database.execute_sql(
-                f'SELECT "external_id", "id" FROM "customer" WHERE "source_id" = {placeholders(1)}',
-                (self.source.id,)).fetchall())
-        return self._customer_ids
-
-    def _convert(self, amount: Decimal, currency: str, day: date) -> tuple:
-        conv = self.rates.convert(amount, currency, day) if self.rates else None
-        if conv is None:
-            return None, None, None, None, True
-        return conv.amount, conv.rate, conv.rate_date, conv.source, False
-
-    def _classify(self, model, records: list[dict]) -> tuple[list[tuple[dict, str, tuple | None]], int]:
-        table = model._meta.table_name
-        if table not in self._fresh:  # nothing stored for this source yet: a first sync skips the lookups
-            self._fresh[table] = not model.select().where(model.source == self.source.id).exists()
-        ids = [r["external_id"] for r in records]
-        if self._fresh[table]:
-            ids = [ext for ext in ids if ext in self._written[table]]
-        existing = self._existing(model, ids) if ids else {}
-        out, unchanged = [], 0
-        digests = self._digests
-        for rec in records:
-            digest = digests.get(rec["external_id"]) or content_hash(rec)
-            row = existing.get(rec["external_id"])
-            if row is not None and row[1] == digest:
-                unchanged += 1
-                continue
-            out.append((rec, digest, row))
-        return out, unchanged
-
-    # ------------------------------------------------------------ writers
-    def _write_currencies(self, records: list[dict]) -> tuple[int, int, int]:
-        known = dict(Currency.select(Currency.code, Currency.name).tuples())
-        rows = [(r["code"], r.get("name"), minor_units(r["code"])) for r in records]
-        created = sum(1 for r in records if r["code"] not in known)
-        updated = sum(1 for r in records if r["code"] in known and known[r["code"]] != r.get("name"))
-        upsert(Currency, ("code", "name", "minor_units"), rows, ("code",), ("name", "minor_units"))
-        return created, updated, len(records) - created - updated
-
-    def _write_fx_rates(self, records: list[dict]) -> tuple[int, int, int]:
-        base_default = self.reporting
-        data, created, updated = [], 0, 0
-        keys = {(r.get("base_currency") or base_default, r["currency"], r["rate_date"]) for r in records}
-        existing = {(b, c, d): to_decimal(rate) for b, c, d, rate in
-                    FxRate.select(FxRate.base_currency, FxRate.currency, FxRate.rate_date, FxRate.rate)
-                    .where(FxRate.currency.in_(list({k[1] for k in keys}))
-                           & FxRate.rate_date.in_(list({k[2] for k in keys}))).tuples()}
-        now = utcnow()
-        for r in records:
-            base = r.get("base_currency") or base_default
-            rate = r["rate"].quantize(Decimal("1e-12"))
-            old = existing.get((base, r["currency"], r["rate_date"]))
-            if old is None:
-                created += 1
-            elif old != rate:
-                updated += 1
-            else:
-                continue
-            data.append((base, r["currency"], r["rate_date"], rate, f"erp:{self.source.name}", now))
-        upsert(FxRate, ("base_currency", "currency", "rate_date", "rate", "source_name", "created_at"), data,
-               ("base_currency", "currency", "rate_date"), ("rate", "source_name"))
-        return created, updated, len(records) - created - updated
-
-    def _write_customers(self, records: list[dict]) -> tuple[int, int, int]:
-        todo, unchanged = self._classify(Customer, records)
-        if not todo:
-            return 0, 0, unchanged
-        now = utcnow()
-        cols = ("source_id", "external_id", "number", "name", "email", "billing_currency", "country",
-                "billing_address", "parent_external_id", "arr", "terms_days", "locale", "inactive", "erp_modified_at",
-                "content_hash", "deleted_at", "created_at", "updated_at")
-        address = Customer.billing_address.db_value  # JSON text, as the model writes it
-        rows = [(self.source.id, r["external_id"], r.get("number"), r["name"], r.get("email"), r["billing_currency"],
-                 r.get("country"), address(r.get("billing_address")), r.get("parent_external_id"), r.get("arr"),
-                 r.get("terms_days"), r.get("locale"), r.get("inactive", False), r.get("erp_modified_at"), digest,
-                 None, now, now)
-                for r, digest, _ in todo]
-        upsert(Customer, cols, rows, ("source_id", "external_id"), cols[2:-2] + ("updated_at",))
-        self._written["customer"].update(r["external_id"] for r, _, _ in todo)
-        ids = self._existing(Customer, [r["external_id"] for r, _, _ in todo])
-        cache = self.customer_ids()
-        for ext, (cid, *_rest) in ids.items():
-            cache[ext] = cid
-        self._write_contacts([(r, ids[r["external_id"]][0]) for r, _, _ in todo])
-        # parents may arrive before or after their children: resolve every time
-        parents = [(cache.get(r["parent_external_id"]), ids[r["external_id"]][0]) for r, _, _ in todo
-                   if r.get("parent_external_id")]
-        self._unlinked["customer"].update(r["external_id"] for r, _, _ in todo
-                                          if r.get("parent_external_id") and r["parent_external_id"] not in cache)
-        update_many(Customer, ("id",), ("parent_id",), parents)
-        created = sum(1 for _, _, row in todo if row is None)
-        return created, len(todo) - created, unchanged
-
-    def _write_contacts(self, customers: list[tuple[dict, int]]) -> None:
-        rows, keep = [], defaultdict(set)
-        now = utcnow()
-        for rec, cust_id in customers:
-            ext = rec["external_id"]
-            contacts = []
-            if rec.get("email"):
-                contacts.append({"external_id": f"{ext}:billing", "name": rec.get("name"), "email": rec["email"],
-                                 "role": "billing"})
-            for n, c in enumerate(rec.get("contacts") or []):
-                if c.get("email") or c.get("name"):
-                    contacts.append({**c, "external_id": c.get("external_id") or f"{ext}:{c.get('role', 'other')}:{n}"})
-            for c in contacts:
-                keep[cust_id].add(c["external_id"])
-                rows.append((self.source.id, c["external_id"], cust_id, ext, c.get("name"), c.get("email"),
-                             c.get("phone"), c.get("role") or "billing", "erp", content_hash(c), now))
-        cols = ("source_id", "external_id", "customer_id", "customer_external_id", "name", "email", "phone", "role",
-                "origin", "content_hash", "updated_at")
-        upsert(Contact, cols, rows, ("source_id", "external_id"), cols[2:])
-        ids = list(keep)
-        if ids:
-            stale = (Contact.select(Contact.id, Contact.customer, Contact.external_id)
-                     .where(Contact.customer.in_(ids) & (Contact.origin == "erp")).tuples())
-            gone = [cid for cid, cust, ext in stale if ext not in keep[cust]]
-            if gone:
-                Contact.delete().where(Contact.id.in_(gone)).execute()
-
-    def _write_invoices(self, records: list[dict]) -> tuple[int, int, int]:
-        todo, unchanged = self._classify(Invoice, records)
-        if not todo:
-            return 0, 0, unchanged
-        now = sql_timestamp(utcnow())  # adapted once for the chunk's rows
-        customers = self.customer_ids()
-        applied = self._applied([r["external_id"] for r, _, row in todo if row is not None or self._has_apps])
-        cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",
-                "issue_date", "sent_date", "due_date", "status", "open_amount", "open_amount_reporting", "revalued_at",
-                "erp_open_amount", "po_number", "memo", "amount_reporting", "fx_rate", "fx_rate_date",
-                "fx_rate_source", "fx_missing", "erp_modified_at", "content_hash", "deleted_at", "created_at",
-                "updated_at")
-        rows = []
-        for r, digest, _ in todo:
-            amount, currency = r["amount"], r["currency"]
-            status, open_amount, open_reporting = self._open_state(
-                amount, r.get("status") or "open", applied.get(r["external_id"], ZERO), currency)
-            erp_open = r.get("erp_open_amount")
-            self._mismatch[r["external_id"]] = erp_open is not None and erp_open != open_amount
-            rows.append((self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
-                         r["customer_external_id"], currency, amount, r["issue_date"], r.get("sent_date"),
-                         r["due_date"], status, open_amount, open_reporting, self.today, r.get("erp_open_amount"),
-                         r.get("po_number"), r.get("memo"), *self._convert(amount, currency, r["issue_date"]),
-                         r.get("erp_modified_at"), digest, now if status == "deleted" else None, now, now))
-        upsert(Invoice, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
-        self._written["invoice"].update(r["external_id"] for r, _, _ in todo)
-        self._unlinked["invoice"].update(r["external_id"] for r, _, _ in todo if r["customer_external_id"] not in customers)
-        if self._has_apps:  # applications may already point at these invoices
-            self._unlinked["application_invoice"].update(r["external_id"] for r, _, _ in todo)
-        created = sum(1 for _, _, row in todo if row is None)
-        return created, len(todo) - created, unchanged
-
-    def _open_state(self, amount: Decimal, status: str, applied: Decimal, currency: str):
-        """(status, open amount, open amount at today's rate) from the amount and what was applied to it."""
-        open_amount = ZERO if status in CLOSED else max(amount - applied, ZERO)
-        if status not in CLOSED and status != "draft":
-            status = "paid" if open_amount == 0 and amount > 0 else "open"
-        conv = self.rates.convert(open_amount, currency, self.today) if self.rates else None
-        return status, open_amount, conv.amount if conv else None
-
-    def _applied(self, invoice_ext_ids: list[str]) -> dict[str, Decimal]:
-        """Σ applications per invoice (payments and credit memos), exact."""
-        applied: dict[str, Decimal] = defaultdict(Decimal)
-        for start in range(0, len(invoice_ext_ids), 900):
-            part = invoice_ext_ids[start:start + 900]
-            sql = (f'SELECT "invoice_external_id", "amount" FROM "application" WHERE "source_id" = {placeholders(1)} '
-                   f'AND "invoice_external_id" IN ({placeholders(len(part))})')
-            for ext, amount in database.execute_sql(sql, (self.source.id, *part)).fetchall():
-                applied[ext] += to_decimal(amount)
-        return applied
-
-    def _write_settlements(self, model, kind: str, records: list[dict]) -> tuple[int, int, int]:
-        todo, unchanged = self._classify(model, records)
-        if not todo:
-            return 0, 0, unchanged
-        now = utcnow()
-        customers = self.customer_ids()
-        extra = "reason" if model is CreditMemo else "reference"
-        cols = ("source_id", "external_id", "number", "customer_id", "customer_external_id", "currency", "amount",
-                "date", "unapplied_amount", extra, "amount_reporting", "fx_rate", "fx_rate_date", "fx_rate_source",
-                "fx_missing", "erp_modified_at", "content_hash", "deleted_at", "created_at", "updated_at")
-        if model is CreditMemo:
-            cols = cols[:-3] + ("status",) + cols[-3:]
-        rows, apps, doc_ids = [], [], []
-        for r, digest, existing in todo:
-            closed = r.get("status") in CLOSED
-            applied = sum((a["amount"] for a in r.get("applications") or []), Decimal(0))
-            row = [self.source.id, r["external_id"], r.get("number"), customers.get(r["customer_external_id"]),
-                   r["customer_external_id"], r["currency"], r["amount"], r["date"],
-                   Decimal(0) if closed else max(r["amount"] - applied, Decimal(0)), r.get(extra),
-                   *self._convert(r["amount"], r["currency"], r["date"]), r.get("erp_modified_at"), digest,
-                   now if closed else None, now, now]
-            if model is CreditMemo:
-                row.insert(-3, r.get("status") or "open")
-            rows.append(tuple(row))
-            if existing is not None:
-                doc_ids.append(r["external_id"])
-            if not closed:
-                for a in r.get("applications") or []:
-                    if a["amount"]:
-                        apps.append((self.source.id, kind, r["external_id"], a["invoice_external_id"], a["amount"],
-                                     a.get("date") or r["date"]))
-        upsert(model, cols, rows, ("source_id", "external_id"), cols[2:-1] + ("updated_at",))
-        self._written[kind].update(r["external_id"] for r, _, _ in todo)
-        self._unlinked[kind].update(r["external_id"] for r, _, _ in todo if r["customer_external_id"] not in customers)
-        self._replace_applications(kind, doc_ids, apps)
-        created = sum(1 for _, _, row in todo if row is None)
-        return created, len(todo) - created, unchanged
-
-    def _replace_applications(self, kind: str, doc_ids: list[str], apps: list[tuple]) -> None:
-        """Applications of ``doc_ids`` become ``apps``; the invoices they touched, before and after, are noted.
-
-        ``doc_ids`` are the documents that may have applications stored (new ones cannot).
-        """
-        for start in range(0, len(doc_ids), 900):
-            part = doc_ids[start:start + 900]
-            where = (f'"source_id" = {placeholders(1)} AND "doc_kind" = {placeholders(1)} '
-                     f'AND "doc_external_id" IN ({placeholders(len(part))})')
-            params = (self.source.id, kind, *part)
-            old = database.execute_sql(f'SELECT "invoice_external_id" FROM "application" WHERE {where}', params)
-            self._touched_invoices.update(ext for (ext,) in old.fetchall())
-            database.execute_sql(f'DELETE FROM "application" WHERE {where}', params)
-        self._has_apps = self._has_apps or bool(apps)
-        merged: dict[tuple, list] = {}
-        for row in apps:  # one application per (document, invoice): amounts of repeated lines add up
-            key = row[:4]
-            if key in merged:
-                merged[key][4] += row[4]
-            else:
-                merged[key] = list(row)
-        upsert(Application, ("source_id", "doc_kind", "doc_external_id", "invoice_external_id", "amount", "date"),
-               [tuple(v) for v in merged.values()],
-               ("source_id", "doc_kind", "doc_external_id", "invoice_external_id"), ("amount", "date"))
-        self._touched_invoices.update(row[3] for row in apps)
-
-    def _apply_deletions(self, name: str, batch: list[dict]) -> int:
-        model = DELETABLE.get(name)
-        if model is None or not batch:
-            return 0
-        ids = [str(d["id"]) for d in batch if d.get("id") is not None]
-        now = utcnow()
-        count = 0
-        with database.atomic():
-            for start in range(0, len(ids), 900):
-                part = ids[start:start + 900]
-                query = model.update(deleted_at=now).where(
-                    (model.source == self.source.id) & model.external_id.in_(part) & model.deleted_at.is_null())
-                if model is Invoice:
-                    query = model.update(deleted_at=now, status="deleted", open_amount=0).where(
-                        (model.source == self.source.id) & model.external_id.in_(part) & model.deleted_at.is_null())
-                    self._touched_invoices.update(part)
-                count += query.execute()
-                if model in (CreditMemo, Payment):
-                    kind = "credit_memo" if model is CreditMemo else "payment"
-                    self._replace_applications(kind, part, [])
-        return count
-
-    # ------------------------------------------------------- after all objects
-    def _analyze_bulk_writes(self) -> None:
-        """On PostgreSQL, refresh the planner's statistics of the tables this run wrote in bulk.
-
-        After a first load the planner holds an empty table's statistics until autovacuum comes
-        by (never, on a server that runs without it), and plans the finishing pass's lookups on
-        them: at 1,000,000 invoices each lookup of 900 external ids took ~0.2 s instead of
-        milliseconds. A table is analyzed when this run wrote more rows than PostgreSQL's own
-        autovacuum rule tolerates (50 + 10 % of the rows the statistics know), so a first load
-        is analyzed and an ordinary incremental sync is not. ANALYZE samples a fixed number of
-        rows (about a second at 1M). SQLite plans these lookups by the unique index without
-        statistics."""
-        if not is_postgres():
-            return
-        written = {t: len(self._written[t]) for t in ("customer", "invoice", "credit_memo", "payment")}
-        written["application"] = written["payment"] + written["credit_memo"]
-        written = {t: n for t, n in written.items() if n > ANALYZE_BASE_ROWS}
-        if not written:
-            return
-        known = dict(database.execute_sql(
-            "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND relname IN "
-            f"({placeholders(len(written))}) AND relnamespace = current_schema()::regnamespace",
-            tuple(written)).fetchall())
-        for table, count in written.items():
-            if count > ANALYZE_BASE_ROWS + ANALYZE_SCALE * max(float(known.get(table, 0)), 0.0):
-                database.execute_sql(f'ANALYZE "{table}"')
-
-    def _finish_documents(self) -> None:
-        """Resolve late links of what this run wrote, recompute open amounts of touched invoices, revalue them.
-
-        Everything here is restricted to the rows this run wrote or touched, so an
-        incremental sync costs what it changed, not the size of the store.
-        """
-        written, unlinked = self._written, self._unlinked
-        self._analyze_bulk_writes()
-        # (table, link, target table, reference column, key column, rows written without their link, kind)
-        resolve = [
-            ("invoice", "customer_id", "customer", "customer_external_id", "external_id", unlinked["invoice"], None),
-            ("credit_memo", "customer_id", "customer", "customer_external_id", "external_id",
-             unlinked["credit_memo"], None),
-            ("payment", "customer_id", "customer", "customer_external_id", "external_id", unlinked["payment"], None),
-            ("customer", "parent_id", "customer", "parent_external_id", "external_id", unlinked["customer"], None),
-            ("application", "invoice_id", "invoice", "invoice_external_id", "invoice_external_id",
-             unlinked["application_invoice"], None),
-            ("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
-             written["payment"], "payment"),
-            ("application", "invoice_id", "invoice", "invoice_external_id", "doc_external_id",
-             written["credit_memo"], "credit_memo"),
-        ]
-        def link_sql(table: str, fk: str, target: str, ref: str) -> str:
-            return (f'UPDATE "{table}" SET "{fk}" = (SELECT t."id" FROM "{target}" t WHERE t."source_id" = '
-                    f'"{table}"."source_id" AND t."external_id" = "{table}"."{ref}") WHERE "{fk}" IS NULL '
-                    f'AND "{ref}" IS NOT NULL AND "source_id" = {placeholders(1)} ')
-
-        with database.atomic():
-            for table, fk, target, ref, key, ext_ids, kind in resolve:
-                link = link_sql(table, fk, target, ref)
-                extra = (f'AND "doc_kind" = {placeholders(1)} ', (kind,)) if kind else ("", ())
-                ids = sorted(ext_ids)
-                for start in range(0, len(ids), 900):  # what this run wrote unlinked: by index
-                    part = ids[start:start + 900]
-                    database.execute_sql(link + extra[0] + f'AND "{key}" IN ({placeholders(len(part))})',
-                                         (self.source.id, *extra[1], *part))
-            for table, fk, target, ref in {(t, f, g, r) for t, f, g, r, *_ in resolve}:
-                # rows from earlier runs still waiting for a target this run wrote: one pass, only if any wait
-                if written[target] and database.execute_sql(
-                        f'SELECT 1 FROM "{table}" WHERE "source_id" = {placeholders(1)} AND "{fk}" IS NULL '
-                        f'AND "{ref}" IS NOT NULL LIMIT 1', (self.source.id,)).fetchone():
-                    database.execute_sql(link_sql(table, fk, target, ref), (self.source.id,))
-        touched = sorted(self._touched_invoices)
-        self._touched_invoices = set()
-        for start in range(0, len(touched), 900):
-            part = touched[start:start + 900]
-            applied = self._applied(part)
-            sql = (f'SELECT "id", "external_id", "amount", "status", "currency", "erp_open_amount" FROM "invoice" '
-                   f'WHERE "source_id" = {placeholders(1)} AND "external_id" IN ({placeholders(len(part))})')
-            rows = []
-            for inv_id, ext, amount, status, currency, erp_open in database.execute_sql(
-                    sql, (self.source.id, *part)).fetchall():
-                new_status, open_amount, open_reporting = self._open_state(
-                    to_decimal(amount), status, applied.get(ext, ZERO), currency)
-                self._mismatch[ext] = erp_open is not None and to_decimal(erp_open) != open_amount
-                rows.append((open_amount, new_status, open_reporting, self.today, inv_id))
-            with database.atomic():
-                update_many(Invoice, ("id",), ("open_amount", "status", "open_amount_reporting", "revalued_at"), rows)
-        self.reconciliation_mismatches = sum(self._mismatch.values())
-        # the console's per-customer balances (customer_balance) of what this run wrote or touched
-        balances.after_sync(self.source.id, set(written["invoice"]) | set(touched), written["customer"])
-        self._written = defaultdict(set)
-        self._digests: dict[str, str] = {}
-        self._unlinked = defaultdict(set)
 
 WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = {
     "currency": SyncService._write_currencies,
@@ -869,59 +464,6 @@ WRITERS: dict[str, Callable[[SyncService, list[dict]], tuple[int, int, int]]] = 
     "credit_memo": lambda self, recs: self._write_settlements(CreditMemo, "credit_memo", recs),
     "payment": lambda self, recs: self._write_settlements(Payment, "payment", recs),
 }
-
-
-@dataclass(slots=True)
-class _PageMeta:
-    """What the writer needs of a page once its records are prepared."""
-    number: int
-    total_pages: int | None
-    server_time: datetime | None
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """One chunk of raw records after mapping, validation and content hashing (no database)."""
-    fetched: int = 0
-    skipped: int = 0
-    good: list[tuple[str, dict, str | None]] = field(default_factory=list)  # (key, record, content hash)
-    deletions: list[dict] = field(default_factory=list)
-    rejects: list[tuple[str | None, dict, list[FieldError]]] = field(default_factory=list)
-
-
-def _prepare_chunk(name: str, mapping: CompiledMapping, raws: list) -> _Prepared:
-    """Map, validate and hash ``raws``: pure, so it can run on the prefetch thread."""
-    out = _Prepared(fetched=len(raws))
-    hashed = name in HASHED_OBJECTS
-    for raw in raws:
-        if not isinstance(raw, dict):
-            out.rejects.append((None, {"value": repr(raw)[:1000]}, [FieldError("record", "not an object")]))
-            continue
-        if not mapping.wants(raw):
-            out.skipped += 1
-            continue
-        record, errors = mapping.apply(raw)
-        ext_id = _ext_id(name, record)
-        if record.get("status") == "deleted" and ext_id and name in DELETABLE:
-            out.deletions.append({"id": ext_id})  # a deleted record may come without its other fields
-            continue
-        if not errors:
-            record, errors = validate_record(name, record)
-        if errors:
-            out.rejects.append((ext_id, raw, errors))
-            continue
-        out.good.append((_ext_id(name, record), record, content_hash(record) if hashed else None))
-    return out
-
-
-def _ext_id(name: str, record: dict) -> str | None:
-    if name == "currency":
-        return record.get("code")
-    if name == "fx_rate":
-        day = record.get("rate_date")
-        return f"{record.get('currency')}@{day}" if day else None
-    value = record.get("external_id")
-    return None if value is None else str(value)
 
 
 class _GroupCommit:
@@ -994,171 +536,6 @@ class _GroupCommit:
                 f"{self.name}: the {self.stats.fetched - self._mark['fetched']} records read since the last "
                 "commit were rolled back with the failed write; the cursor did not move, so the next sync "
                 "takes them again")
-
-
-class _Done:
-    pass
-
-
-def prepare_in_process(make: Callable[[], Iterable], depth: int = 2, *, on_fork: Callable[[], None] | None = None):
-    """Iterate ``make()`` in a forked child process, ``depth`` items ahead of the consumer.
-
-    The thread of :func:`prefetch` overlaps the ERP's network time with our writes, but
-    parsing, mapping, validation and hashing are Python and share one core with the writer
-    (the GIL). Here they run in a child forked from this process (it inherits the compiled
-    mapping and the connector; ``on_fork`` runs first in the child, to drop pooled connections
-    it shares with us); each item comes back pickled through a pipe, read by a thread (bytes
-    only, no GIL while it waits) and unpickled on the consumer's thread. The child never
-    touches the database: this process's connection is inherited but unused, and the child
-    leaves with ``os._exit``, so nothing of it is closed or finalized there.
-
-    Errors in the child are raised here with their own type (the child's traceback as a note);
-    a child that dies without a word raises :class:`SyncError`; stopping early kills the child.
-    """
-    ctx = multiprocessing.get_context("fork")
-    reader, writer = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_prepare_child, args=(make, writer, on_fork, os.getpid()), name="arhub-prepare",
-                        daemon=True)
-    child.start()
-    writer.close()
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def pump():
-        data: bytes | None = b""
-        while data is not None and not stop.is_set():
-            try:
-                data = reader.recv_bytes()
-            except (EOFError, OSError):
-                data = None  # the child closed its end: done, failed or killed
-            while not stop.is_set():
-                try:
-                    items.put(data, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    pumper = threading.Thread(target=pump, name="arhub-prepare-pipe", daemon=True)
-    pumper.start()
-    try:
-        while True:
-            data = items.get()
-            if data is None:
-                child.join(timeout=5)
-                raise SyncError(f"the prepare process ended without finishing (exit code {child.exitcode})")
-            kind, payload, trace = pickle.loads(data)
-            if kind == "item":
-                yield payload
-            elif kind == "error":
-                if trace:
-                    payload.add_note(f"in the prepare process:\n{trace}")
-                raise payload
-            else:
-                return
-    finally:
-        stop.set()
-        if child.is_alive():
-            child.join(timeout=0.5)
-        if child.is_alive():
-            child.kill()
-            child.join()
-        pumper.join(timeout=5)
-        reader.close()
-
-
-def _die_with_parent(parent: int) -> None:
-    """Linux: this process gets SIGKILL the moment its parent dies.
-
-    The child shares its parent's lock on the source (an ``flock``, a PostgreSQL session
-    holding an advisory lock) through the descriptors it inherited; a parent killed mid-sync
-    must not leave the source locked until the child next tries to write into the pipe.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return  # not Linux: the child ends at its next send into the closed pipe
-    if os.getppid() != parent:  # the parent died before the call
-        os._exit(0)
-
-
-def _prepare_child(make: Callable[[], Iterable], conn, on_fork: Callable[[], None] | None, parent: int) -> None:
-    """The child of :func:`prepare_in_process`: every item pickled into ``conn``, then a last word."""
-    dumps, protocol = pickle.dumps, pickle.HIGHEST_PROTOCOL
-    _die_with_parent(parent)
-    try:
-        if on_fork is not None:
-            on_fork()
-        for item in make():
-            conn.send_bytes(dumps(("item", item, None), protocol))
-        conn.send_bytes(dumps(("done", None, None), protocol))
-    except BrokenPipeError:
-        pass  # the consumer stopped listening (it stopped early or died): nothing to tell
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
-        trace = traceback.format_exc()
-        try:
-            message = dumps(("error", exc, trace), protocol)
-            pickle.loads(message)  # an exception that pickles but cannot be rebuilt would be lost
-        except Exception:  # noqa: BLE001
-            message = dumps(("error", SyncError(f"{type(exc).__name__}: {exc}"), trace), protocol)
-        try:
-            conn.send_bytes(message)
-        except OSError:
-            pass
-    finally:
-        conn.close()
-
-
-def prefetch(iterable, depth: int = 2):
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead of the consumer.
-
-    The ERP answers the next page while we map and write the current one. Only the
-    connector runs in the thread (network and parsing); the database stays on the
-    consumer's thread. Errors are re-raised in the consumer; stopping early stops the thread.
-    """
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce():
-        iterator = iter(iterable)
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        items.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            items.put((_Done, exc))
-            return
-        finally:
-            close = getattr(iterator, "close", None)
-            if close is not None:
-                close()
-        items.put((_Done, None))
-
-    worker = threading.Thread(target=produce, name="arhub-prefetch", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, exc = items.get()
-            if item is _Done:
-                if exc is not None:
-                    raise exc
-                return
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                worker.join(timeout=0.05)
 
 
 def _newer(a: dict, b: dict) -> bool:
