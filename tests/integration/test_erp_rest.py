@@ -1,7 +1,7 @@
 """The generic REST connector against the Xero emulator, over real HTTP on loopback.
 
 Besides Xero's own behaviour the emulator offers testing-only extensions (see
-``connectors/sandbox/xero.py``), used here solely to exercise the connector's generic modes:
+``connectors/sandbox/xero/``), used here solely to exercise the connector's generic modes:
 ``_paging=offset|cursor|next_link`` query flags for the other pagination styles, a
 ``modifiedAfter`` query parameter for query-style modified-since, and ``credentials`` that
 make it accept HTTP Basic, an API-key header and static bearer tokens.

@@ -1,65 +1,15 @@
-"""A Xero Accounting API emulator (WSGI, werkzeug) serving a generated :class:`Book`.
+"""The Xero emulator's WSGI application (:class:`XeroApp`) and :func:`make_app`.
 
-It answers as ``connectors/contracts/xero-accounting/xero_accounting.yaml`` describes,
-for the read side an AR sync needs:
-
-``POST /connect/token``
-    OAuth2 client credentials (client id/secret by HTTP Basic or in the form) →
-    ``access_token``, ``expires_in`` (default 1800), ``token_type: Bearer``.
-``GET /connections``
-    the tenant list a Xero custom connection sees.
-``GET /api.xro/2.0/{Contacts,Invoices,CreditNotes,Payments,Overpayments,Currencies}``
-    ``Authorization: Bearer <token>`` and ``xero-tenant-id`` required (401/403 in the
-    problem-details shape Xero uses otherwise, 401 for an expired token);
-    ``If-Modified-Since`` (HTTP-date or ISO 8601; records with UpdatedDateUTC ≥ it),
-    ``page``/``pageSize`` (default 100, max 1000; a ``pagination`` object as the spec
-    has it; without ``page`` everything is returned, as Xero does), ``where``
-    (``Field=="value"`` / ``!=`` clauses joined by ``AND``/``&&``), ``Statuses``,
-    ``includeArchived`` (Contacts), ``IDs``. Records are ordered by UpdatedDateUTC, then id.
-
-How the book maps onto Xero:
-
-* ids are ``uuid5`` of the book ids, so they are stable across runs;
-* Contacts: ``ContactNumber`` is the book number; Xero has no parent/child link between
-  contacts, so a subsidiary's parent goes in ``AccountNumber`` (the parent's
-  ContactNumber); the escalation contact is a ``ContactPersons`` entry, the billing
-  contact is the contact's own FirstName/LastName/EmailAddress; ``Addresses[].Country``
-  holds the ISO country code, the ``POBOX`` address (the billing address) the book's street
-  address (AddressLine1..4, City, Region, PostalCode); inactive customers are ``ARCHIVED`` (only listed with
-  ``includeArchived=true``, as in Xero), deleted customers too;
-* Invoices (ACCREC): open → AUTHORISED, paid → PAID, voided → VOIDED, book-deleted →
-  DELETED (a minimal record: ids, number, type, status and the deletion time as
-  UpdatedDateUTC, because the book keeps nothing else of a deleted invoice);
-  ``CurrencyRate`` is Xero's convention, units of the invoice currency per one unit of
-  the organisation's base currency (USD), i.e. ``1 / book.exchange_rate`` to 6 places;
-* Payments: one Xero Payment per book application (``PaymentType`` ACCRECPAYMENT, with
-  its Invoice); a book payment applied to several invoices is a batch payment, so its
-  Xero payments share a ``BatchPaymentID``; the unapplied part of a book payment (an
-  overpayment) is a RECEIVE-OVERPAYMENT record under ``/Overpayments``;
-* CreditNotes (ACCRECCREDIT) carry their ``Allocations`` to invoices.
-
-Dates and datetimes are Microsoft JSON dates (``"/Date(1550793549320+0000)/"``); money
-is written as JSON numbers with the currency's minor units (JPY without decimals).
-
-Testing extensions (not Xero behaviour; they exist solely so the generic REST connector's
-other modes can be exercised against a real HTTP server): ``_paging=offset`` (``offset``/
-``limit``), ``_paging=cursor`` (``cursor``/``limit``, ``meta.next_cursor`` in the body),
-``_paging=next_link`` (``links.next`` in the body and a ``Link: <…>; rel="next"`` header);
-a ``modifiedAfter`` ISO query parameter as an alternative to ``If-Modified-Since``; and
-``credentials`` that enable HTTP Basic, an API-key header or static bearer tokens.
-
-For speed (a million invoices served in 1,000-record pages) the filtered, ordered list of
-record keys is snapshotted per (endpoint, since, filters) and dropped when the book
-changes, and each record's JSON text is cached per (id, modified, ...) key.
-
-This module imports nothing of the project but the book and the fault switches.
+Routing, the OAuth client-credentials token endpoint and request auth, fault playback, ``where``
+filters, the paging modes, and If-Modified-Since answered by bisection over a cached snapshot of
+ordered record keys. Rendering records as Xero JSON is mixed in from
+:class:`~connectors.sandbox.xero.render.XeroRendering`.
 """
 from __future__ import annotations
 
 import base64
 import bisect
 import itertools
-import hashlib
 import json
 import math
 import re
@@ -68,10 +18,8 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
+from datetime import datetime
 from email.utils import parsedate_to_datetime
-from json.encoder import encode_basestring as _q  # what json.dumps(ensure_ascii=False) uses
 from typing import Any, Callable
 from urllib.parse import urlencode
 
@@ -80,10 +28,9 @@ from werkzeug.wrappers import Request, Response
 
 from connectors.sandbox.book import CURRENCIES, Book
 from connectors.sandbox.faults import Faults
+from connectors.sandbox.xero.render import (_CURRENCY_NAMES, _EPOCH, _MS, _NS, _NUM, UTC, XeroRendering, _dumps,
+                                            xero_id)
 
-UTC = timezone.utc
-_NS = uuid.UUID("6f1c1f5e-3a7b-5d2e-9b0a-7c2a1e0d4b11")
-_NS_BYTES = _NS.bytes
 SANDBOX_CREDENTIALS = {
     "client_id": "ARHUBSANDBOXCLIENT0000000000000",
     "client_secret": "sandbox-secret-7f3b2c9d1e0a4b6c8d2e",
@@ -114,96 +61,6 @@ class _Tail:
 
 
 _SNAPSHOT_LIMIT = 32  # filtered id lists kept (oldest dropped first)
-_CACHE_LIMIT = 2_500_000  # rendered records kept (all endpoints); cleared wholesale beyond it
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_DAY = date(1970, 1, 1)
-_MS = timedelta(milliseconds=1)
-_NUM = "\x00"  # marks a pre-formatted JSON number inside a string before the final text
-_CURRENCY_NAMES = {"USD": "United States Dollar", "EUR": "Euro", "GBP": "British Pound",
-                   "JPY": "Japanese Yen", "AUD": "Australian Dollar"}
-_RATE_PLACES = Decimal("0.000001")
-_QTY_PLACES = Decimal("0.0001")
-
-
-_HEX_VARIANT = {c: format((int(c, 16) & 0x3) | 0x8, "x") for c in "0123456789abcdef"}
-_KIND_HASH: dict[str, Any] = {}
-
-
-def _address(address) -> dict:
-    """The street part of a Xero ``Address``: AddressLine1..4, City, Region, PostalCode (empty ones left out)."""
-    if address is None:
-        return {}
-    out = {f"AddressLine{n}": line for n, line in enumerate(address.lines[:4], 1)}
-    out.update((key, value) for key, value in (("City", address.city), ("Region", address.region),
-                                               ("PostalCode", address.postal_code)) if value)
-    return out
-
-
-def xero_id(kind: str, *key: object) -> str:
-    """The stable Xero uuid of a book record: ``uuid5(namespace, "kind:key...")``.
-
-    Computed like :func:`uuid.uuid5` (a test checks it), without building a UUID object: it is hot.
-    """
-    base = _KIND_HASH.get(kind)
-    if base is None:
-        base = _KIND_HASH[kind] = hashlib.sha1(_NS_BYTES + kind.encode())
-    h = base.copy()
-    if key:
-        h.update((":" + ":".join(map(str, key))).encode())
-    x = h.hexdigest()
-    return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_HEX_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
-
-
-def ms_date(day: date) -> str:
-    return f"/Date({(day - _EPOCH_DAY).days * 86_400_000}+0000)/"
-
-
-def ms_datetime(stamp: datetime) -> str:
-    return f"/Date({(stamp - _EPOCH) // _MS}+0000)/"
-
-
-def _num(text: str) -> str:
-    return _NUM + text
-
-
-_MONEY_FORMAT = {code: f".{spec[2]}f" for code, spec in CURRENCIES.items()}
-
-
-def money(amount: Decimal, currency: str) -> str:
-    """A money amount with the currency's minor units (book amounts are already quantized)."""
-    return _NUM + format(amount, _MONEY_FORMAT.get(currency, ".2f"))
-
-
-def _plain(value: Decimal) -> str:
-    text = format(value.normalize(), "f")
-    return text if "." in text else text + ".0"
-
-
-_RATES: dict[Decimal, str] = {}
-
-
-def xero_rate(book_rate: Decimal) -> str:
-    """Xero's CurrencyRate: invoice-currency units per one base-currency unit (6 places)."""
-    text = _RATES.get(book_rate)
-    if text is None:
-        if book_rate == 0:
-            text = _NUM + "1.0"
-        else:
-            text = _NUM + _plain((Decimal(1) / book_rate).quantize(_RATE_PLACES, rounding=ROUND_HALF_UP))
-        if len(_RATES) < 100_000:
-            _RATES[book_rate] = text
-    return text
-
-
-def _dumps(obj: Any) -> str:
-    """JSON text of a record, with the marked number strings turned into JSON numbers."""
-    parts = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).split('"\\u0000')
-    for n in range(1, len(parts)):
-        part = parts[n]
-        end = part.index('"')
-        parts[n] = part[:end] + part[end + 1:]
-    return "".join(parts)
-
 
 def parse_since(value: str | None) -> datetime | None:
     """An If-Modified-Since value (HTTP-date or ISO 8601) as an aware UTC datetime."""
@@ -302,7 +159,7 @@ _ENDPOINTS = {e.name: e for e in (
 )}
 
 
-class XeroApp:
+class XeroApp(XeroRendering):
     """The WSGI application. One instance serves one book (one Xero organisation)."""
 
     def __init__(self, book: Book, *, faults: Faults | None = None, credentials: dict | None = None):
@@ -724,356 +581,6 @@ class XeroApp:
                 return False
         return True
 
-    # ---------------------------------------------------------------- rendering
-    def _render(self, endpoint: _Endpoint, keys: list) -> list[str]:
-        name = endpoint.name
-        book = self.book
-        out = []
-        cache = self._cache
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
-        with book.lock:
-            if name == "Invoices":
-                rev = self._applications()
-            for k in keys:
-                if name == "Invoices":
-                    if k > 0:
-                        inv = book.invoices[k]
-                        ck = ("I", k, inv.modified, len(rev.get(k, ())), book.customers[inv.customer_id].name
-                              if inv.customer_id in book.customers else "")
-                    else:
-                        ck = ("I", k)
-                elif name == "Contacts":
-                    ck = ("C", k, book.customers[k].modified) if k > 0 else ("C", k)
-                elif name == "CreditNotes":
-                    if k > 0:
-                        memo = book.credit_memos[k]
-                        ck = ("N", k, memo.modified, self._customer_name(memo.customer_id))
-                    else:
-                        ck = ("N", k)
-                elif name == "Payments":
-                    if k[0] > 0:
-                        pay = book.payments[k[0]]
-                        ck = ("P", k, pay.modified, self._customer_name(pay.customer_id))
-                    else:
-                        ck = ("P", k)
-                else:  # Overpayments
-                    pay = book.payments[k]
-                    ck = ("O", k, pay.modified, pay.amount, self._customer_name(pay.customer_id))
-                text = cache.get(ck)
-                if text is None:
-                    text = self._invoice_text(k, rev) if name == "Invoices" and k > 0 else _dumps(self._record(name, k))
-                    cache[ck] = text
-                out.append(text)
-        return out
-
-    def _customer_name(self, customer_id: int) -> str:
-        cust = self.book.customers.get(customer_id)
-        return cust.name if cust is not None else ""
-
-    def _contact_ref(self, customer_id: int) -> dict:
-        contact_id = self._contact_ids.get(customer_id)
-        if contact_id is None:
-            contact_id = self._contact_ids[customer_id] = xero_id("customer", customer_id)
-        ref = {"ContactID": contact_id}
-        cust = self.book.customers.get(customer_id)
-        if cust is not None:
-            ref["Name"] = cust.name
-        return ref
-
-    def _record(self, name: str, key) -> dict:
-        return {"Invoices": self._invoice, "Contacts": self._contact, "CreditNotes": self._credit_note,
-                "Payments": self._payment, "Overpayments": self._overpayment}[name](key)
-
-    def _contact(self, key: int) -> dict:
-        book = self.book
-        if key < 0:
-            stamp = next((d.deleted_at for d in book.deleted if d.kind == "customer" and d.id == -key), _EPOCH)
-            return {"ContactID": xero_id("customer", -key), "ContactNumber": self._deleted_numbers.get(("customer", -key), ""),
-                    "ContactStatus": "ARCHIVED", "UpdatedDateUTC": ms_datetime(stamp)}
-        c = book.customers[key]
-        billing = next((p for p in c.contacts if p.role == "billing"), None)
-        record: dict[str, Any] = {
-            "ContactID": xero_id("customer", c.id),
-            "ContactNumber": c.number,
-            "ContactStatus": "ARCHIVED" if c.inactive else "ACTIVE",
-            "Name": c.name,
-        }
-        if c.parent_id is not None:
-            parent = book.customers.get(c.parent_id)
-            record["AccountNumber"] = parent.number if parent is not None else f"CUST-{c.parent_id:06d}"
-        if billing is not None:
-            first, _, last = billing.name.partition(" ")
-            record.update({"FirstName": first, "LastName": last})
-        record["EmailAddress"] = c.email
-        record["ContactPersons"] = [
-            {"FirstName": p.name.partition(" ")[0], "LastName": p.name.partition(" ")[2],
-             "EmailAddress": p.email, "IncludeInEmails": False}
-            for p in c.contacts if p.role == "escalation"]
-        record.update({
-            "BankAccountDetails": "",
-            "Addresses": [{"AddressType": "POBOX", **_address(c.address), "Country": c.country},
-                          {"AddressType": "STREET", "Country": c.country}],
-            "Phones": [{"PhoneType": "DEFAULT", "PhoneNumber": billing.phone if billing else ""}],
-            "UpdatedDateUTC": ms_datetime(c.modified),
-            "ContactGroups": [],
-            "IsSupplier": False,
-            "IsCustomer": True,
-            "DefaultCurrency": c.currency,
-            "PaymentTerms": {"Sales": {"Day": c.terms_days, "Type": "DAYSAFTERBILLDATE"}},
-            "SalesTrackingCategories": [],
-            "PurchasesTrackingCategories": [],
-            "HasAttachments": False,
-            "HasValidationErrors": False,
-        })
-        return record
-
-    def _invoice_text(self, key: int, rev: dict | None = None) -> str:
-        """The JSON text of a live invoice, written directly (the hot path of a big pull).
-
-        Writes exactly what ``_dumps(self._invoice(key))`` writes (a test holds it to that);
-        ``_invoice`` stays the readable reference and serves ``where`` filters.
-        """
-        book = self.book
-        inv = book.invoices[key]
-        cur = inv.currency
-        fmt = _MONEY_FORMAT.get(cur, ".2f")
-        zero = format(Decimal(0), fmt)
-        payments, credits, last_paid = [], [], None
-        for src, rid, n in (rev if rev is not None else self._applications()).get(inv.id, ()):
-            if src == "p":
-                pay = book.payments.get(rid)
-                if pay is None:
-                    continue
-                app = pay.applications[n]
-                payments.append(
-                    f'{{"PaymentID":"{xero_id("payment", rid, n)}","Date":"{ms_date(app.date)}",'
-                    f'"Amount":{format(app.amount, fmt)},"Reference":{_q(pay.reference)},'
-                    f'"CurrencyRate":{xero_rate(pay.exchange_rate)[1:]},"HasAccount":false,'
-                    f'"HasValidationErrors":false}}')
-            else:
-                memo = book.credit_memos.get(rid)
-                if memo is None:
-                    continue
-                app = memo.applications[n]
-                cn_id = xero_id("credit_memo", rid)
-                credits.append(
-                    f'{{"CreditNoteID":"{cn_id}","CreditNoteNumber":{_q(memo.number)},"ID":"{cn_id}",'
-                    f'"Date":"{ms_date(app.date)}","Total":{format(memo.total, fmt)},'
-                    f'"AppliedAmount":{format(app.amount, fmt)},"HasAttachments":false,"HasErrors":false}}')
-            last_paid = app.date if last_paid is None else max(last_paid, app.date)
-        status = {"open": "AUTHORISED", "paid": "PAID", "voided": "VOIDED"}[inv.status]
-        contact = self._contact_ref(inv.customer_id)
-        contact_text = (f'{{"ContactID":"{contact["ContactID"]}","Name":{_q(contact["Name"])}}}' if "Name" in contact
-                        else f'{{"ContactID":"{contact["ContactID"]}"}}')
-        lines = ",".join(
-            f'{{"Description":{_q(ln.description)},"UnitAmount":{format(ln.unit_price, fmt)},"TaxType":"NONE",'
-            f'"TaxAmount":{zero},"LineAmount":{format(ln.amount, fmt)},"AccountCode":"200",'
-            f'"Quantity":{format(ln.quantity.quantize(_QTY_PLACES), "f")},"LineItemID":"{xero_id("line", inv.id, n)}"}}'
-            for n, ln in enumerate(inv.lines))
-        issue, due = inv.issue_date.isoformat(), inv.due_date.isoformat()
-        total = format(inv.total, fmt)
-        text = (
-            f'{{"Type":"ACCREC","InvoiceID":"{xero_id("invoice", inv.id)}","InvoiceNumber":{_q(inv.number)},'
-            f'"Reference":{_q(inv.po_number)},"Payments":[{",".join(payments)}],"CreditNotes":[{",".join(credits)}],'
-            f'"Prepayments":[],"Overpayments":[],"AmountDue":{format(inv.amount_due, fmt)},'
-            f'"AmountPaid":{format(inv.amount_paid, fmt)},"AmountCredited":{format(inv.amount_credited, fmt)},'
-            f'"SentToContact":{"true" if inv.sent_date is not None else "false"},'
-            f'"CurrencyRate":{xero_rate(inv.exchange_rate)[1:]},"IsDiscounted":false,"HasAttachments":false,'
-            f'"HasErrors":false,"Contact":{contact_text},"DateString":"{issue}T00:00:00",'
-            f'"Date":"{ms_date(inv.issue_date)}","DueDateString":"{due}T00:00:00","DueDate":"{ms_date(inv.due_date)}",'
-            f'"Status":"{status}","LineAmountTypes":"Exclusive","LineItems":[{lines}],"SubTotal":{total},'
-            f'"TotalTax":{zero},"Total":{total},"UpdatedDateUTC":"{ms_datetime(inv.modified)}","CurrencyCode":{_q(cur)}')
-        if status == "PAID" and last_paid is not None:
-            text += f',"FullyPaidOnDate":"{ms_date(last_paid)}"'
-        return text + "}"
-
-    def _invoice(self, key: int) -> dict:
-        book = self.book
-        if key < 0:
-            stamp = next((d.deleted_at for d in book.deleted if d.kind == "invoice" and d.id == -key), _EPOCH)
-            return {"Type": "ACCREC", "InvoiceID": xero_id("invoice", -key),
-                    "InvoiceNumber": self._deleted_numbers.get(("invoice", -key), ""),
-                    "Status": "DELETED", "UpdatedDateUTC": ms_datetime(stamp)}
-        inv = book.invoices[key]
-        cur = inv.currency
-        payments, credits, last_paid = [], [], None
-        for src, rid, n in self._applications().get(inv.id, ()):
-            if src == "p":
-                pay = book.payments.get(rid)
-                if pay is None:
-                    continue
-                app = pay.applications[n]
-                payments.append({"PaymentID": xero_id("payment", rid, n), "Date": ms_date(app.date),
-                                 "Amount": money(app.amount, cur), "Reference": pay.reference,
-                                 "CurrencyRate": xero_rate(pay.exchange_rate), "HasAccount": False,
-                                 "HasValidationErrors": False})
-            else:
-                memo = book.credit_memos.get(rid)
-                if memo is None:
-                    continue
-                app = memo.applications[n]
-                credits.append({"CreditNoteID": xero_id("credit_memo", rid), "CreditNoteNumber": memo.number,
-                                "ID": xero_id("credit_memo", rid), "Date": ms_date(app.date),
-                                "Total": money(memo.total, cur), "AppliedAmount": money(app.amount, cur),
-                                "HasAttachments": False, "HasErrors": False})
-            last_paid = app.date if last_paid is None else max(last_paid, app.date)
-        status = {"open": "AUTHORISED", "paid": "PAID", "voided": "VOIDED"}[inv.status]
-        record: dict[str, Any] = {
-            "Type": "ACCREC",
-            "InvoiceID": xero_id("invoice", inv.id),
-            "InvoiceNumber": inv.number,
-            "Reference": inv.po_number,
-            "Payments": payments,
-            "CreditNotes": credits,
-            "Prepayments": [],
-            "Overpayments": [],
-            "AmountDue": money(inv.amount_due, cur),
-            "AmountPaid": money(inv.amount_paid, cur),
-            "AmountCredited": money(inv.amount_credited, cur),
-            "SentToContact": inv.sent_date is not None,
-            "CurrencyRate": xero_rate(inv.exchange_rate),
-            "IsDiscounted": False,
-            "HasAttachments": False,
-            "HasErrors": False,
-            "Contact": self._contact_ref(inv.customer_id),
-            "DateString": f"{inv.issue_date.isoformat()}T00:00:00",
-            "Date": ms_date(inv.issue_date),
-            "DueDateString": f"{inv.due_date.isoformat()}T00:00:00",
-            "DueDate": ms_date(inv.due_date),
-            "Status": status,
-            "LineAmountTypes": "Exclusive",
-            "LineItems": [{"Description": ln.description, "UnitAmount": money(ln.unit_price, cur),
-                           "TaxType": "NONE", "TaxAmount": money(Decimal(0), cur),
-                           "LineAmount": money(ln.amount, cur), "AccountCode": "200",
-                           "Quantity": _num(format(ln.quantity.quantize(_QTY_PLACES), "f")),
-                           "LineItemID": xero_id("line", inv.id, n)}
-                          for n, ln in enumerate(inv.lines)],
-            "SubTotal": money(inv.total, cur),
-            "TotalTax": money(Decimal(0), cur),
-            "Total": money(inv.total, cur),
-            "UpdatedDateUTC": ms_datetime(inv.modified),
-            "CurrencyCode": cur,
-        }
-        if status == "PAID" and last_paid is not None:
-            record["FullyPaidOnDate"] = ms_date(last_paid)
-        return record
-
-    def _credit_note(self, key: int) -> dict:
-        book = self.book
-        if key < 0:
-            stamp = next((d.deleted_at for d in book.deleted if d.kind == "credit_memo" and d.id == -key), _EPOCH)
-            return {"CreditNoteID": xero_id("credit_memo", -key), "Type": "ACCRECCREDIT",
-                    "CreditNoteNumber": self._deleted_numbers.get(("credit_memo", -key), ""),
-                    "Status": "DELETED", "UpdatedDateUTC": ms_datetime(stamp)}
-        memo = book.credit_memos[key]
-        cur = memo.currency
-        allocations = []
-        for n, app in enumerate(memo.applications):
-            inv = book.invoices.get(app.invoice_id)
-            number = inv.number if inv is not None else self._deleted_numbers.get(("invoice", app.invoice_id), "")
-            allocations.append({"AllocationID": xero_id("allocation", memo.id, n), "Amount": money(app.amount, cur),
-                                "Date": ms_date(app.date), "IsDeleted": False,
-                                "Invoice": {"InvoiceID": xero_id("invoice", app.invoice_id), "InvoiceNumber": number,
-                                            "Type": "ACCREC"}})
-        remaining = memo.unapplied
-        record: dict[str, Any] = {
-            "CreditNoteID": xero_id("credit_memo", memo.id),
-            "CreditNoteNumber": memo.number,
-            "ID": xero_id("credit_memo", memo.id),
-            "Type": "ACCRECCREDIT",
-            "Reference": memo.reason,
-            "Contact": self._contact_ref(memo.customer_id),
-            "DateString": f"{memo.date.isoformat()}T00:00:00",
-            "Date": ms_date(memo.date),
-            "Status": "PAID" if remaining <= 0 else "AUTHORISED",
-            "LineAmountTypes": "Exclusive",
-            "LineItems": [{"Description": memo.reason, "Quantity": _num("1.0000"),
-                           "UnitAmount": money(memo.total, cur), "LineAmount": money(memo.total, cur),
-                           "TaxType": "NONE", "TaxAmount": money(Decimal(0), cur), "AccountCode": "200",
-                           "LineItemID": xero_id("credit_line", memo.id)}],
-            "SubTotal": money(memo.total, cur),
-            "TotalTax": money(Decimal(0), cur),
-            "Total": money(memo.total, cur),
-            "UpdatedDateUTC": ms_datetime(memo.modified),
-            "CurrencyCode": cur,
-            "CurrencyRate": xero_rate(memo.exchange_rate),
-            "RemainingCredit": money(max(remaining, Decimal(0)), cur),
-            "AppliedAmount": money(memo.total - remaining, cur),
-            "Allocations": allocations,
-            "Payments": [],
-            "HasAttachments": False,
-            "HasErrors": False,
-        }
-        if remaining <= 0 and memo.applications:
-            record["FullyPaidOnDate"] = ms_date(max(a.date for a in memo.applications))
-        return record
-
-    def _payment(self, key: tuple[int, int]) -> dict:
-        book = self.book
-        pid, n = key
-        if pid < 0:
-            stamp = next((d.deleted_at for d in book.deleted if d.kind == "payment" and d.id == -pid), _EPOCH)
-            return {"PaymentID": xero_id("payment", -pid, 0), "PaymentType": "ACCRECPAYMENT",
-                    "Status": "DELETED", "Reference": "", "UpdatedDateUTC": ms_datetime(stamp)}
-        pay = book.payments[pid]
-        app = pay.applications[n]
-        cur = pay.currency
-        inv = book.invoices.get(app.invoice_id)
-        number = inv.number if inv is not None else self._deleted_numbers.get(("invoice", app.invoice_id), "")
-        record: dict[str, Any] = {"PaymentID": xero_id("payment", pid, n)}
-        if len(pay.applications) > 1:
-            record["BatchPaymentID"] = xero_id("batch_payment", pid)
-        record.update({
-            "Date": ms_date(app.date),
-            "BankAmount": money(app.amount, cur),
-            "Amount": money(app.amount, cur),
-            "Reference": pay.reference,
-            "CurrencyRate": xero_rate(pay.exchange_rate),
-            "PaymentType": "ACCRECPAYMENT",
-            "Status": "AUTHORISED",
-            "UpdatedDateUTC": ms_datetime(pay.modified),
-            "HasAccount": True,
-            "IsReconciled": False,
-            "Account": {"AccountID": xero_id("account", "bank"), "Code": "090"},
-            "Invoice": {"Type": "ACCREC", "InvoiceID": xero_id("invoice", app.invoice_id), "InvoiceNumber": number,
-                        "Contact": self._contact_ref(pay.customer_id), "CurrencyCode": cur,
-                        "Payments": [], "CreditNotes": [], "Prepayments": [], "Overpayments": [],
-                        "HasErrors": False, "IsDiscounted": False, "LineItems": []},
-            "HasValidationErrors": False,
-        })
-        return record
-
-    def _overpayment(self, key: int) -> dict:
-        pay = self.book.payments[key]
-        cur = pay.currency
-        excess = pay.unapplied
-        return {
-            "OverpaymentID": xero_id("overpayment", pay.id),
-            "ID": xero_id("overpayment", pay.id),
-            "Type": "RECEIVE-OVERPAYMENT",
-            "Reference": pay.reference,
-            "RemainingCredit": money(excess, cur),
-            "Allocations": [],
-            "Payments": [{"PaymentID": xero_id("overpayment_payment", pay.id), "Date": ms_date(pay.date),
-                          "Amount": money(excess, cur), "Reference": pay.reference,
-                          "CurrencyRate": xero_rate(pay.exchange_rate), "HasAccount": False,
-                          "HasValidationErrors": False}],
-            "HasAttachments": False,
-            "Contact": self._contact_ref(pay.customer_id),
-            "DateString": f"{pay.date.isoformat()}T00:00:00",
-            "Date": ms_date(pay.date),
-            "Status": "AUTHORISED",
-            "LineAmountTypes": "NoTax",
-            "LineItems": [],
-            "SubTotal": money(excess, cur),
-            "TotalTax": money(Decimal(0), cur),
-            "Total": money(excess, cur),
-            "UpdatedDateUTC": ms_datetime(pay.modified),
-            "CurrencyCode": cur,
-            "CurrencyRate": xero_rate(pay.exchange_rate),
-        }
-
 
 def make_app(book: Book, *, faults: Faults | None = None, credentials: dict | None = None) -> XeroApp:
     """The Xero emulator as a WSGI app.
@@ -1084,6 +591,3 @@ def make_app(book: Book, *, faults: Faults | None = None, credentials: dict | No
     bearer tokens) to accept those auth types too.
     """
     return XeroApp(book, faults=faults, credentials=credentials)
-
-
-__all__ = ["SANDBOX_CREDENTIALS", "XeroApp", "make_app", "ms_date", "ms_datetime", "xero_id"]
