@@ -1,0 +1,1 @@
+"""The Salesforce emulator (connectors/sandbox/salesforce/) driven by simple-salesforce over HTTPS."""
