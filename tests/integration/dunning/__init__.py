@@ -1,0 +1,1 @@
+"""Dunning (middleware.dunning) on SQLite and PostgreSQL, with small hand-built books."""
