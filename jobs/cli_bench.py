@@ -15,15 +15,24 @@ def bench() -> None:
     """Benchmarks that print figures and ratios (recorded in docs/benchmarks.md)."""
 
 
+def _store_options(command):
+    """``--db``, ``--pg-url`` and ``--json``, which every bench takes, listed after its own options."""
+    for option in (
+        click.option("--json", "as_json", is_flag=True),
+        click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
+                     help="server for --db postgres (a scratch database is created and dropped)"),
+        click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True),
+    ):  # applied bottom-up, as stacked decorators are
+        command = option(command)
+    return command
+
+
 @bench.command("ingest")
 @click.option("--path", "path", type=click.Choice(["rest", "soap"]), required=True)
 @click.option("--customers", default=15000, show_default=True)
 @click.option("--invoices", default=100000, show_default=True)
 @click.option("--changed", default=11000, show_default=True, help="invoices changed before the incremental sync")
-@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
-              help="server for --db postgres (a scratch database is created and dropped)")
-@click.option("--json", "as_json", is_flag=True)
+@_store_options
 def bench_ingest(path, customers, invoices, changed, db_kind, pg_url, as_json) -> None:
     """Full sync then an incremental one, against the sandbox, with the floor measured in the same run."""
     from jobs.bench import ingest
@@ -43,10 +52,7 @@ def bench_ingest(path, customers, invoices, changed, db_kind, pg_url, as_json) -
 @click.option("--accounts", required=True, type=int, help="ERP customers (and Salesforce accounts seeded from them)")
 @click.option("--invoices", type=int, help="ERP invoices [default: 3 x accounts]")
 @click.option("--changed", default=11000, show_default=True, help="invoices changed before the incremental push")
-@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
-              help="server for --db postgres (a scratch database is created and dropped)")
-@click.option("--json", "as_json", is_flag=True)
+@_store_options
 def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> None:
     """Full and incremental AR push to the Salesforce emulator, in API calls and seconds, against one call a record."""
     from jobs.bench_salesforce import render, salesforce
@@ -62,10 +68,7 @@ def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> N
 @bench.command("statements")
 @click.option("--invoices-per-statement", default=60, show_default=True, type=click.IntRange(min=1))
 @click.option("--count", default=30, show_default=True, type=click.IntRange(min=1), help="statements rendered")
-@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
-              help="server for --db postgres (a scratch database is created and dropped)")
-@click.option("--json", "as_json", is_flag=True)
+@_store_options
 def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) -> None:
     """Statement PDFs per second, against a bare WeasyPrint render of the same HTML in the same run."""
     from jobs.bench_statements import statements as run_bench
@@ -90,10 +93,7 @@ def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) ->
               help="planned emails sent at most (0: skip)")
 @click.option("--email-worker", type=click.Choice(["mail", "fork"]), default="mail", show_default=True,
               help="the two workers' class: jobs.queues.MailWorker (the Procfile's mailer) or the forking Worker")
-@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
-              help="server for --db postgres (a scratch database is created and dropped)")
-@click.option("--json", "as_json", is_flag=True)
+@_store_options
 def bench_dunning(customers, invoices, statement_count, emails, email_worker, db_kind, pg_url, as_json) -> None:
     """The daily dunning plan (worst and normal day), statement PDFs against bare WeasyPrint, and
     emails through two rq workers to a loopback SMTP server."""
@@ -115,10 +115,7 @@ def bench_dunning(customers, invoices, statement_count, emails, email_worker, db
 @click.option("--customers", default=15000, show_default=True, type=click.IntRange(min=10))
 @click.option("--invoices", default=100000, show_default=True, type=click.IntRange(min=10))
 @click.option("--requests", default=50, show_default=True, type=click.IntRange(min=1), help="timed requests per page")
-@click.option("--db", "db_kind", type=click.Choice(["sqlite", "postgres"]), default="sqlite", show_default=True)
-@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test", show_default=True,
-              help="server for --db postgres (a scratch database is created and dropped)")
-@click.option("--json", "as_json", is_flag=True)
+@_store_options
 def bench_console(customers, invoices, requests, db_kind, pg_url, as_json) -> None:
     """Server time (p50/p95) of the console's customer list variants, customer page and dashboard on a
     store built in bulk."""
