@@ -281,7 +281,7 @@ def ingest(*, path: str, customers: int, invoices: int, changed: int, db_kind: s
             "incremental_requested": len(changed_ids), "incremental_seconds": round(incremental_seconds, 2),
             # per object (pull and writes), and the rest: the run's bookkeeping and the finishing pass
             "incremental_object_seconds": incremental_objects,
-            "incremental_other_seconds": round(incremental_seconds - sum(incremental_objects.values()), 2),
+            "incremental_other_seconds": round(max(incremental_seconds - sum(incremental_objects.values()), 0.0), 2),
             "machine": f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}",
         }
     finally:

@@ -27,6 +27,20 @@ def _store_options(command):
     return command
 
 
+def _report(result: dict, as_json: bool, title: str, render=None) -> None:
+    """A bench's result: one JSON object with ``--json``; else ``render(result, title)`` when the bench
+    has its own layout, or a figure/value table."""
+    if as_json:
+        click.echo(json.dumps(result))
+    elif render is not None:
+        console.print(render(result, title))
+    else:
+        table = Table("figure", "value", title=title)
+        for key, value in result.items():
+            table.add_row(key, str(value))
+        console.print(table)
+
+
 @bench.command("ingest")
 @click.option("--path", "path", type=click.Choice(["rest", "soap"]), required=True)
 @click.option("--customers", default=15000, show_default=True)
@@ -39,13 +53,7 @@ def bench_ingest(path, customers, invoices, changed, db_kind, pg_url, as_json) -
 
     result = ingest(path=path, customers=customers, invoices=invoices, changed=changed, db_kind=db_kind,
                     pg_url=pg_url, log=None if as_json else console.print)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        table = Table("figure", "value", title=f"ingest bench ({path}, {db_kind})")
-        for key, value in result.items():
-            table.add_row(key, str(value))
-        console.print(table)
+    _report(result, as_json, f"ingest bench ({path}, {db_kind})")
 
 
 @bench.command("salesforce")
@@ -59,10 +67,7 @@ def bench_salesforce(accounts, invoices, changed, db_kind, pg_url, as_json) -> N
 
     result = salesforce(accounts=accounts, invoices=invoices, changed=changed, db_kind=db_kind, pg_url=pg_url,
                         log=None if as_json else console.print)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        console.print(render(result, f"Salesforce push bench ({accounts:,} accounts, {db_kind})"))
+    _report(result, as_json, f"Salesforce push bench ({accounts:,} accounts, {db_kind})", render)
 
 
 @bench.command("statements")
@@ -75,13 +80,7 @@ def bench_statements(invoices_per_statement, count, db_kind, pg_url, as_json) ->
 
     result = run_bench(invoices_per_statement=invoices_per_statement, count=count, db_kind=db_kind, pg_url=pg_url,
                        log=None if as_json else console.print)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        table = Table("figure", "value", title=f"statements bench ({count} x {invoices_per_statement} lines, {db_kind})")
-        for key, value in result.items():
-            table.add_row(key, str(value))
-        console.print(table)
+    _report(result, as_json, f"statements bench ({count} x {invoices_per_statement} lines, {db_kind})")
 
 
 @bench.command("dunning")
@@ -102,13 +101,7 @@ def bench_dunning(customers, invoices, statement_count, emails, email_worker, db
     result = run_bench(customers=customers, invoices=invoices, db_kind=db_kind, pg_url=pg_url,
                        statements=statement_count, emails=emails, email_worker=email_worker,
                        log=None if as_json else console.print)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        table = Table("figure", "value", title=f"dunning bench ({customers:,} customers, {invoices:,} invoices, {db_kind})")
-        for key, value in result.items():
-            table.add_row(key, str(value))
-        console.print(table)
+    _report(result, as_json, f"dunning bench ({customers:,} customers, {invoices:,} invoices, {db_kind})")
 
 
 @bench.command("console")
@@ -123,7 +116,4 @@ def bench_console(customers, invoices, requests, db_kind, pg_url, as_json) -> No
 
     result = run_bench(customers=customers, invoices=invoices, requests=requests, db_kind=db_kind, pg_url=pg_url,
                        log=None if as_json else console.print)
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        console.print(render(result, f"console bench ({customers:,} customers, {invoices:,} invoices, {db_kind})"))
+    _report(result, as_json, f"console bench ({customers:,} customers, {invoices:,} invoices, {db_kind})", render)
